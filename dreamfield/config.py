@@ -1,0 +1,323 @@
+"""Typed configuration: nested dataclasses, YAML files, ``--set a.b=value`` overrides.
+
+Loading goes through OmegaConf structured configs, so an unknown key or a value of the wrong type
+fails at load time. :func:`load_config` turns every such failure into a :class:`ConfigError` whose
+message is one line naming the key and what is allowed.
+
+Each section is a small dataclass; the field comments are the documentation of the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration file or override; the message is one line meant for the user."""
+
+
+@dataclass
+class FieldConfig:
+    """The neural field: point in the scene box -> (density, albedo)."""
+
+    kind: str = "grid"  # "grid" (dense voxel grid + tiny MLP; fast on CPU) or "hashgrid" (Instant-NGP)
+    bound: float = 1.0  # the scene box is [-bound, bound]^3
+    # dense grid
+    grid_resolution: int = 64  # voxels per side
+    grid_features: int = 8  # features per voxel (channel 0 is raw density)
+    # hash grid (Instant-NGP, Mueller et al. 2022)
+    hash_levels: int = 16
+    hash_features_per_level: int = 2
+    hash_log2_table_size: int = 19
+    hash_base_resolution: int = 16
+    hash_max_resolution: int = 2048
+    hidden_dim: int = 64
+    num_layers: int = 2
+    # DreamFusion's density "blob": lambda * exp(-|x|^2 / (2 sigma^2)) added before the activation
+    blob_density: float = 5.0
+    blob_radius: float = 0.2
+    density_activation: str = "softplus"  # "softplus" or "exp" (trunc_exp)
+    density_bias: float = -1.0  # constant added to the raw density before the activation
+    bounding_radius: float = 0.9  # density is zero outside this sphere; <= 0 disables
+    normals: str = "finite_difference"  # "finite_difference" or "autograd"
+    fd_eps: float = 0.01  # finite-difference step in world units
+
+
+@dataclass
+class CameraConfig:
+    """Random training cameras (defaults from the toy domain) and the fixed preview orbit."""
+
+    distance: tuple[float, float] = (1.6, 2.0)
+    elevation: tuple[float, float] = (-10.0, 60.0)  # degrees, up from the xy-plane
+    azimuth: tuple[float, float] = (-180.0, 180.0)  # degrees, 0 = looking from +x
+    fov: tuple[float, float] = (40.0, 50.0)  # vertical field of view, degrees
+    overhead_prob: float = 0.1  # share of views drawn with elevation in [elevation[1], overhead_max]
+    overhead_max: float = 85.0
+    light_jitter: float = 0.5  # light position = camera position + N(0, jitter^2) (DreamFusion)
+    preview_elevation: float = 20.0
+    preview_distance: float = 1.8
+    preview_fov: float = 45.0
+
+
+@dataclass
+class RenderConfig:
+    """Volume rendering and shading."""
+
+    resolution: int = 64  # training render size (square)
+    n_samples: int = 64  # samples per ray on the dense (CPU) path
+    use_occupancy_grid: bool = True  # nerfacc OccGridEstimator on CUDA
+    occ_resolution: int = 64
+    occ_update_every: int = 16
+    occ_threshold: float = 0.01
+    render_step_size: float = 0.005  # CUDA path marching step (world units)
+    # shading probabilities per step; normalised, must not all be zero
+    p_albedo: float = 0.2
+    p_lambertian: float = 0.6
+    p_textureless: float = 0.2
+    ambient: float = 0.35
+    diffuse: float = 0.65
+    background: str = "constant"  # "constant" or "mlp"
+    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    chunk: int = 65536  # rays per chunk for large renders (previews, export)
+
+
+@dataclass
+class CoarseToFineConfig:
+    """Render resolution grows over steps; milestones are (step, resolution) pairs."""
+
+    enabled: bool = False
+    milestones: list[int] = field(default_factory=lambda: [0])
+    resolutions: list[int] = field(default_factory=lambda: [64])
+
+
+@dataclass
+class PriorConfig:
+    """The frozen latent diffusion model."""
+
+    model: Optional[str] = None  # folder or hub id; None = the embedded toy prior
+    guidance_scale: float = 7.5
+    dtype: str = "auto"  # "auto" (fp16 on CUDA, fp32 on CPU), "float16", "float32"
+    view_dependent: bool = True  # append DreamFusion's view suffix to the prompt
+    negative_prompt: str = ""
+    local_files_only: bool = True  # offline by default: no machine of the project reaches a hub
+
+
+@dataclass
+class GuidanceConfig:
+    """Score distillation: timesteps, weighting, clipping."""
+
+    t_min: float = 0.02  # fraction of the training timesteps
+    t_max: float = 0.98
+    t_max_end: Optional[float] = None  # anneal t_max linearly to this value; None = no annealing
+    anneal_steps: int = 0  # steps over which t_max anneals (0 = the whole run)
+    weighting: str = "sds"  # "sds" (1 - abar_t, threestudio), "uniform", "snr_sqrt" (sqrt(abar_t)(1-abar_t)... see distill)
+    grad_clip: Optional[float] = None  # clip |g| elementwise to this value; None = off
+    batch_size: int = 1
+
+
+@dataclass
+class LossConfig:
+    """Weights of the regularisers, summed explicitly in the loop."""
+
+    sds: float = 1.0
+    opacity: float = 0.0  # sparsity: mean opacity
+    entropy: float = 0.0  # binary entropy of the opacity (pushes to 0 or 1)
+    orientation: float = 0.0  # DreamFusion's normal orientation penalty
+    preserve: float = 0.0  # edit only: photometric loss to the source renders
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 600
+    lr_density: float = 0.05
+    lr_color: float = 0.01
+    lr_network: float = 0.001
+    lr_background: float = 0.001
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    out: str = "outputs"  # parent folder of run folders
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    preview_every: int = 100
+    checkpoint_every: int = 200
+    log_every: int = 10
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    export: bool = True  # export mesh and turntable at the end of generate/edit
+
+
+@dataclass
+class ExportConfig:
+    resolution: int = 0  # marching-cubes grid per side; 0 = 256 on CUDA, 128 on CPU
+    threshold: Optional[float] = None  # density level; None = default from the density scale
+    formats: list[str] = field(default_factory=lambda: ["glb"])
+    min_component: float = 0.05  # drop components with fewer faces than this share of the largest
+    smooth_iterations: int = 0
+    target_faces: int = 0  # decimate to this many faces; 0 = keep
+    video_frames: int = 60
+    video_fps: int = 20
+    video_resolution: int = 128
+    video_elevation: float = 20.0
+    gif: bool = False
+
+
+@dataclass
+class EditConfig:
+    source_prompt: str = ""
+    target_prompt: str = ""
+    method: str = "dds"  # "dds" or "pds"
+    mesh_fit_steps: int = 300  # steps to fit a field to an imported mesh
+
+
+@dataclass
+class SampleConfig:
+    method: str = "ddim"  # "ddim", "ddpm", "langevin"
+    steps: int = 50
+    eta: float = 0.0
+    n: int = 4
+    guidance_scale: float = 7.5
+
+
+@dataclass
+class Config:
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    coarse_to_fine: CoarseToFineConfig = dataclasses.field(default_factory=CoarseToFineConfig)
+    prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    edit: EditConfig = dataclasses.field(default_factory=EditConfig)
+    sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    """OmegaConf messages span several lines (full_key, object_type...); keep what a user needs."""
+    key = getattr(exc, "full_key", None)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{key}: {first}" if key and key not in first else first
+
+
+def _allowed_keys(dotted: str) -> str:
+    """The keys allowed at the parent of a dotted key, for the error message."""
+    node: Any = Config()
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, p):
+            break
+        node = getattr(node, p)
+    if dataclasses.is_dataclass(node):
+        return ", ".join(f.name for f in dataclasses.fields(node))
+    return ""
+
+
+def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- each YAML file in order <- each ``a.b=value`` override; returns a typed Config.
+
+    Raises ConfigError (one line) for a missing file, bad YAML, an unknown key or a wrong type.
+    """
+    base = OmegaConf.structured(Config)
+    OmegaConf.set_struct(base, True)
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = OmegaConf.load(p)
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise ConfigError(f"{p}: not valid YAML ({type(exc).__name__})") from None
+        try:
+            base = OmegaConf.merge(base, loaded)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{p}: {_explain(exc)}") from None
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"--set expects key=value, got {ov!r}")
+        key = ov.split("=", 1)[0].strip()
+        try:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist([ov]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"--set {ov}: {_explain(exc, key)}") from None
+    cfg = OmegaConf.to_object(base)
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+def _explain(exc: OmegaConfBaseException, key: str | None = None) -> str:
+    key = key or getattr(exc, "full_key", None) or ""
+    msg = str(exc).strip().splitlines()[0]
+    if "not in struct" in msg or ("Key '" in msg and "not" in msg):
+        allowed = _allowed_keys(key) if key else ""
+        return f"unknown key '{key}'" + (f" (allowed here: {allowed})" if allowed else "")
+    if ("could not be converted" in msg) or ("Invalid type" in msg) or ("Unsupported value type" in msg):
+        expected = _expected_type(key)
+        return f"wrong type for '{key}': {msg}" + (f" (expected {expected})" if expected else "")
+    return _one_line(exc) if not key else f"'{key}': {msg}"
+
+
+def _expected_type(dotted: str) -> str:
+    """The declared type of a dotted key, e.g. 'float' for optim.lr_density; '' if unknown."""
+    node: Any = Config()
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = getattr(node, p, None)
+    if not dataclasses.is_dataclass(node):
+        return ""
+    types = {f.name: f.type for f in dataclasses.fields(node)}
+    return str(types.get(parts[-1], ""))
+
+
+def validate(cfg: Config) -> None:
+    """Checks OmegaConf cannot express: choices and ranges. One-line ConfigError on failure."""
+
+    def choice(key: str, value: str, allowed: Sequence[str]) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+    choice("field.kind", cfg.field.kind, ("grid", "hashgrid"))
+    choice("field.density_activation", cfg.field.density_activation, ("softplus", "exp"))
+    choice("field.normals", cfg.field.normals, ("finite_difference", "autograd"))
+    choice("render.background", cfg.render.background, ("constant", "mlp"))
+    choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
+    choice("edit.method", cfg.edit.method, ("dds", "pds"))
+    choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))
+    choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "float32"))
+    for f in cfg.export.formats:
+        choice("export.formats", f, ("glb", "obj", "ply"))
+    if min(cfg.render.p_albedo, cfg.render.p_lambertian, cfg.render.p_textureless) < 0 or (
+        cfg.render.p_albedo + cfg.render.p_lambertian + cfg.render.p_textureless <= 0
+    ):
+        raise ConfigError("render.p_*: shading probabilities must be >= 0 and not all zero")
+    if not 0.0 <= cfg.guidance.t_min < cfg.guidance.t_max <= 1.0:
+        raise ConfigError(
+            f"guidance.t_min/t_max: need 0 <= t_min < t_max <= 1, got {cfg.guidance.t_min}, {cfg.guidance.t_max}"
+        )
+    if cfg.render.resolution < 8 or cfg.render.n_samples < 2:
+        raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
+    if cfg.optim.steps < 0:
+        raise ConfigError(f"optim.steps must be >= 0, got {cfg.optim.steps}")
+    c2f = cfg.coarse_to_fine
+    if len(c2f.milestones) != len(c2f.resolutions) or not c2f.milestones:
+        raise ConfigError("coarse_to_fine.milestones and coarse_to_fine.resolutions need the same non-zero length")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML (saved with every run)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))
