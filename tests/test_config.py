@@ -1,0 +1,78 @@
+"""Typed config: defaults, YAML + overrides, round trip, one-line errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from dreamfield.config import Config, ConfigError, load_config, save_config, to_yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_typed():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.optim.steps == Config().optim.steps
+    assert isinstance(cfg.camera.fov, tuple) and cfg.camera.fov == (40.0, 50.0)
+
+
+def test_overrides_and_file_order(tmp_path):
+    f1 = tmp_path / "a.yaml"
+    f1.write_text("optim:\n  steps: 11\n  lr_density: 0.2\n")
+    f2 = tmp_path / "b.yaml"
+    f2.write_text("optim:\n  steps: 22\n")
+    cfg = load_config([f1, f2], ["prior.guidance_scale=3.5", "camera.elevation=[0,30]", "prior.model=/some/folder"])
+    assert cfg.optim.steps == 22  # later file wins
+    assert cfg.optim.lr_density == 0.2  # earlier file's other keys kept
+    assert cfg.prior.guidance_scale == 3.5
+    assert cfg.camera.elevation == (0.0, 30.0)
+    assert cfg.prior.model == "/some/folder"
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config([], ["optim.steps=7", "export.formats=[glb,obj]", "guidance.t_max_end=0.5"])
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    again = load_config([path])
+    assert again == cfg
+    assert to_yaml(again) == to_yaml(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    load_config([CONFIGS / name])
+
+
+@pytest.mark.parametrize(
+    "overrides, must_contain",
+    [
+        (["optim.stepz=3"], ["optim.stepz", "allowed here", "steps"]),
+        (["nosuchsection.x=1"], ["nosuchsection", "allowed here", "optim"]),
+        (["optim.steps=many"], ["optim.steps", "int"]),
+        (["prior.guidance_scale=high"], ["prior.guidance_scale", "float"]),
+        (["field.kind=octree"], ["field.kind", "grid", "hashgrid"]),
+        (["guidance.t_min=0.9", "guidance.t_max=0.5"], ["t_min"]),
+        (["optim.steps"], ["key=value"]),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(overrides, must_contain):
+    with pytest.raises(ConfigError) as info:
+        load_config([], overrides)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for word in must_contain:
+        assert word in msg
+
+
+def test_bad_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "missing.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("render:\n  resolutoin: 32\n")
+    with pytest.raises(ConfigError) as info:
+        load_config([bad])
+    assert "render.resolutoin" in str(info.value) and "\n" not in str(info.value)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([broken])
