@@ -6,6 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dreamfield-installed
+# the Khronos glTF validator (npm) that tests/test_export_mesh.py runs on every GLB it writes
+GLTF_VALIDATOR := gltf-validator@2.0.0-dev.3.10
+TOOLS_STAMP := .tools/.gltf-validator-2.0.0-dev.3.10
 
 .PHONY: venv test demo clean
 
@@ -18,11 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+$(TOOLS_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix .tools --no-audit --no-fund --silent $(GLTF_VALIDATOR) && touch $@; \
+	else echo "warning: npm not found; the glTF validator test skips (and fails when CI is set)" >&2; fi
+
+test: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
 	$(BIN)/dreamfield demo
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .tools

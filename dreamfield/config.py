@@ -167,7 +167,9 @@ class ExportConfig:
     video_fps: int = 20
     video_resolution: int = 128
     video_elevation: float = 20.0
+    video_normals: bool = True  # also write <stem>_normals.mp4: rgb | normals side by side
     gif: bool = False
+    chunk: int = 262144  # points per field call when sampling the density grid and vertex colours
 
 
 @dataclass
