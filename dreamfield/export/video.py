@@ -1,0 +1,168 @@
+"""Pictures of a field: turntable videos (MP4, optional GIF) and a PNG contact sheet.
+
+Every frame is rendered by the one renderer, :func:`dreamfield.scene.render.render`, from cameras on
+an orbit (:func:`dreamfield.scene.cameras.orbit_cameras`: azimuth 0..360 exclusive, starting at the
+front, +x) with Lambertian shading and a headlight.
+
+Normal pictures show camera-space normals (x right, y up, z toward the viewer) mapped from [-1, 1]
+to [0, 1], so a surface facing the camera is light blue in every frame, composited over white by
+the rendered opacity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from dreamfield.config import RenderConfig
+from dreamfield.scene.cameras import Cameras, orbit_cameras
+from dreamfield.scene.render import render
+
+MACRO_BLOCK = 16  # H.264 codes 16 x 16 macroblocks; players expect frame sides that are multiples
+
+
+def video_size(resolution: int) -> int:
+    """The square frame side used for `resolution`: rounded up to a multiple of 16, so that
+    libx264 + yuv420p never has to rescale (imageio would otherwise resize with a warning)."""
+    if resolution < 1:
+        raise ValueError(f"video resolution must be >= 1, got {resolution}")
+    return -(-resolution // MACRO_BLOCK) * MACRO_BLOCK
+
+
+def _device_of(field) -> torch.device:
+    for t in list(field.parameters()) + list(field.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    return (img.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def normal_image(normal: torch.Tensor, opacity: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """Normals as a picture.
+
+    Args:
+        normal: (B, 3, H, W) world-space normals as rendered (unit or opacity-weighted: only the
+            direction is used).
+        opacity: (B, 1, H, W) accumulated opacity.
+        c2w: (B, 4, 4) camera-to-world.
+    Returns:
+        (B, 3, H, W) in [0, 1]: opacity * (n_cam + 1) / 2 + (1 - opacity) * white.
+    """
+    rot = c2w[:, :3, :3]  # (B, 3, 3), columns = camera axes in world
+    n_cam = torch.einsum("bji,bjhw->bihw", rot, normal)  # R^T n
+    n_cam = torch.nn.functional.normalize(n_cam, dim=1, eps=1e-8)
+    a = opacity.clamp(0.0, 1.0)
+    return a * (n_cam + 1.0) * 0.5 + (1.0 - a)
+
+
+@torch.no_grad()
+def render_views(
+    field, background, render_cfg: RenderConfig, cams: Cameras, size: int, occupancy=None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Render each camera in turn (B = 1, Lambertian).
+
+    Returns rgb frames and normal frames, each a list of (size, size, 3) uint8.
+    """
+    rgb, normals = [], []
+    for k in range(len(cams)):
+        cam = cams[k]
+        out = render(field, cam, size, size, render_cfg, background, shading="lambertian", occupancy=occupancy)
+        rgb.append(to_uint8(out.rgb[0]))
+        normals.append(to_uint8(normal_image(out.normal, out.opacity, cam.c2w)[0]))
+    return rgb, normals
+
+
+def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int) -> Path:
+    """H.264 (libx264, yuv420p) MP4 of (H, W, 3) uint8 frames whose sides are multiples of 16."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio.get_writer(
+        path,
+        format="FFMPEG",
+        mode="I",
+        fps=fps,
+        codec="libx264",
+        pixelformat="yuv420p",
+        macro_block_size=MACRO_BLOCK,
+        ffmpeg_log_level="error",
+    )
+    try:
+        for frame in frames:
+            writer.append_data(frame)
+    finally:
+        writer.close()
+    return path
+
+
+def turntable(
+    field,
+    background,
+    render_cfg: RenderConfig,
+    path: str | Path,
+    frames: int,
+    fps: int,
+    resolution: int,
+    elevation: float,
+    distance: float,
+    fov: float,
+    normals: bool = True,
+    gif: bool = False,
+    occupancy=None,
+) -> list[Path]:
+    """A turntable of the field: `frames` views on an orbit at `elevation` degrees, `distance`
+    from the origin, vertical field of view `fov` degrees.
+
+    Writes `path` (MP4, frames of video_size(resolution)^2); with `normals`, also
+    ``<stem>_normals.mp4`` with rgb | normals side by side (2 x wider); with `gif`, ``<stem>.gif``
+    (rgb, looping). The field is rendered on the device of its parameters (CPU when it has none).
+    Returns the paths written.
+    """
+    if frames < 1 or fps < 1:
+        raise ValueError(f"turntable needs frames >= 1 and fps >= 1, got frames={frames}, fps={fps}")
+    path = Path(path)
+    size = video_size(resolution)
+    cams = orbit_cameras(frames, elevation, distance, fov, device=_device_of(field))
+    rgb, nrm = render_views(field, background, render_cfg, cams, size, occupancy)
+
+    written = [write_mp4(path, rgb, fps)]
+    if normals:
+        side = [np.concatenate([c, n], axis=1) for c, n in zip(rgb, nrm)]
+        written.append(write_mp4(path.with_name(f"{path.stem}_normals.mp4"), side, fps))
+    if gif:
+        gif_path = path.with_suffix(".gif")
+        imageio.mimsave(gif_path, rgb, format="GIF", duration=1000.0 / fps, loop=0)
+        written.append(gif_path)
+    return written
+
+
+def contact_sheet(
+    field,
+    background,
+    render_cfg: RenderConfig,
+    path: str | Path,
+    n_views: int = 4,
+    resolution: int = 128,
+    elevation: float = 20.0,
+    distance: float = 1.8,
+    fov: float = 45.0,
+    occupancy=None,
+) -> Path:
+    """A PNG of `n_views` views evenly spaced in azimuth (starting at the front): rgb in the top
+    row, normals in the bottom row; the image is (2 R, n_views R, 3) for R = resolution."""
+    if n_views < 1:
+        raise ValueError(f"contact sheet needs n_views >= 1, got {n_views}")
+    if resolution < 1:
+        raise ValueError(f"contact sheet resolution must be >= 1, got {resolution}")
+    cams = orbit_cameras(n_views, elevation, distance, fov, device=_device_of(field))
+    rgb, nrm = render_views(field, background, render_cfg, cams, resolution, occupancy)
+    sheet = np.concatenate([np.concatenate(rgb, axis=1), np.concatenate(nrm, axis=1)], axis=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, sheet, format="PNG")
+    return path
