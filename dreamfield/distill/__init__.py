@@ -1,0 +1,24 @@
+"""Score distillation as pure functions: timesteps and weights, SDS and DDS gradients, regularisers.
+
+Nothing here imports diffusers: the prior is reached only through its interface
+(:class:`dreamfield.prior.interface.Prior`), so every function runs on an analytic prior in tests.
+"""
+
+from dreamfield.distill.regularizers import entropy_loss, opacity_loss, orientation_penalty
+from dreamfield.distill.score import NonFiniteError, dds_grad, grad_to_loss, sds_grad
+from dreamfield.distill.timesteps import WEIGHTINGS, sample_timesteps, t_max_at, timestep_range, weight
+
+__all__ = [
+    "WEIGHTINGS",
+    "NonFiniteError",
+    "dds_grad",
+    "entropy_loss",
+    "grad_to_loss",
+    "opacity_loss",
+    "orientation_penalty",
+    "sample_timesteps",
+    "sds_grad",
+    "t_max_at",
+    "timestep_range",
+    "weight",
+]

@@ -1,0 +1,160 @@
+"""Score distillation gradients on latents: SDS (DreamFusion) and DDS (Delta Denoising Score).
+
+Both are pure functions of a prior (anything with the prior interface: ``schedule`` and
+``eps(z_t, t, text, guidance_scale)``), latents, timesteps and noise; they return a gradient on the
+latents, never a loss, and never backpropagate through the denoiser. :func:`grad_to_loss` turns that
+gradient into a scalar whose backward pass delivers it exactly to the latents and on to the scene.
+
+Gradients are float32 and detached. A gradient that is not finite raises :class:`NonFiniteError`
+(decision: stop rather than zero it and carry on; a NaN step is a bug or an fp16 overflow to fix,
+and raising before ``optimizer.step()`` guarantees no NaN reaches the parameters or a checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from dreamfield.distill.timesteps import weight
+from dreamfield.prior.interface import Prior
+from dreamfield.prior.text import TextEmbedding
+
+
+class NonFiniteError(FloatingPointError):
+    """A distillation gradient (or its inputs) contains NaN or inf; the message names the step and t."""
+
+
+def _check(z: Tensor, t: Tensor, noise: Tensor, guidance_scale: float, grad_clip: float | None, T: int) -> None:
+    if z.shape != noise.shape:
+        raise ValueError(f"latents {tuple(z.shape)} and noise {tuple(noise.shape)} must have the same shape")
+    if t.ndim != 1 or t.shape[0] != z.shape[0] or t.dtype != torch.long:
+        raise ValueError(f"t must be a LongTensor of shape ({z.shape[0]},), got {t.dtype} {tuple(t.shape)}")
+    if bool((t < 0).any()) or bool((t >= T).any()):
+        raise ValueError(f"timesteps must lie in [0, {T - 1}], got {t.tolist()}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 or None (off), got {grad_clip}")
+
+
+def _finish(
+    g: Tensor, grad_clip: float | None, what: str, t: Tensor, step: int | None, inputs: dict[str, Tensor]
+) -> Tensor:
+    """Clip elementwise to [-grad_clip, grad_clip] (when set) and refuse a non-finite gradient."""
+    if not bool(torch.isfinite(g).all()):
+        bad = int((~torch.isfinite(g)).sum())
+        sources = ", ".join(f"{k} finite: {bool(torch.isfinite(v).all())}" for k, v in inputs.items())
+        at = f"step {step}, " if step is not None else ""
+        raise NonFiniteError(
+            f"{what} gradient has {bad} non-finite values at {at}t={t.tolist()} ({sources}); "
+            "try prior.dtype=float32 or lower learning rates"
+        )
+    if grad_clip is not None:
+        g = g.clamp(-grad_clip, grad_clip)
+    return g
+
+
+def sds_grad(
+    prior: Prior,
+    z: Tensor,
+    text: TextEmbedding,
+    t: Tensor,
+    noise: Tensor,
+    guidance_scale: float,
+    weighting: str = "sds",
+    grad_clip: float | None = None,
+    step: int | None = None,
+) -> Tensor:
+    """The Score Distillation Sampling gradient on latents (Poole et al. 2022, Eq. 3).
+
+        z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps          (the project's q_sample, DDPM Eq. 4)
+        g   = w(t) (eps_hat(z_t; y, t) - eps)                  (eps_hat guided by ``guidance_scale``)
+
+    Args:
+        prior: the prior interface.
+        z: latents (B, C, h, w) from ``prior.encode`` (gradient is not taken through z here).
+        text: the prompts' embedding, batch B or 1.
+        t: LongTensor (B,) timesteps in [0, T - 1] (see :func:`sample_timesteps`).
+        noise: eps (B, C, h, w), unit Gaussian.
+        guidance_scale: classifier-free guidance scale s >= 0.
+        weighting: "sds", "uniform" or "snr_sqrt" (see :func:`weight`).
+        grad_clip: clip every element of g to [-grad_clip, grad_clip]; None = off.
+        step: the optimisation step, only for the error message.
+    Returns:
+        g (B, C, h, w) float32, detached. Pass it to :func:`grad_to_loss` with the same z.
+    Raises:
+        NonFiniteError when g is not finite; ValueError for bad arguments.
+    """
+    schedule = prior.schedule
+    _check(z, t, noise, guidance_scale, grad_clip, schedule.num_train_timesteps)
+    w = weight(schedule, t, weighting).to(z.device)  # checks the weighting name first
+    with torch.no_grad():
+        z0 = z.detach().float()
+        z_t = schedule.q_sample(z0, t, noise.to(z0))
+        eps_hat = prior.eps(z_t, t, text, guidance_scale).to(z0)
+        g = w.reshape(-1, *([1] * (z.ndim - 1))) * (eps_hat - noise.to(z0))
+    return _finish(g, grad_clip, "SDS", t, step, {"latents": z0, "eps_hat": eps_hat})
+
+
+def dds_grad(
+    prior: Prior,
+    z: Tensor,
+    z_src: Tensor,
+    text_target: TextEmbedding,
+    text_source: TextEmbedding,
+    t: Tensor,
+    noise: Tensor,
+    guidance_scale: float,
+    weighting: str = "sds",
+    grad_clip: float | None = None,
+    step: int | None = None,
+) -> Tensor:
+    """The Delta Denoising Score gradient on latents (Hertz et al. 2023, Sec. 3).
+
+        z_t     = q_sample(z, t, eps),  z_src_t = q_sample(z_src, t, eps)      (same t, same eps)
+        g       = w(t) (eps_hat(z_t; y_tgt, t) - eps_hat(z_src_t; y_src, t))
+
+    The source branch (the frozen source scene rendered from the same camera, with its prompt)
+    estimates the noisy, prompt-independent part of the SDS gradient and removes it; only the
+    direction that turns the source prompt into the target remains. Both branches run in one call of
+    ``prior.eps`` with batch 2B (so the negative prompts of the two embeddings must agree).
+
+    Args:
+        z, z_src: latents (B, C, h, w) of the edited and the source renders.
+        text_target, text_source: embeddings of the target and source prompts (batch B or 1).
+        t, noise, guidance_scale, weighting, grad_clip, step: as in :func:`sds_grad`.
+    Returns:
+        g (B, C, h, w) float32, detached.
+    """
+    schedule = prior.schedule
+    _check(z, t, noise, guidance_scale, grad_clip, schedule.num_train_timesteps)
+    if z_src.shape != z.shape:
+        raise ValueError(f"source latents {tuple(z_src.shape)} and latents {tuple(z.shape)} must have the same shape")
+    w = weight(schedule, t, weighting).to(z.device)
+    B = z.shape[0]
+    with torch.no_grad():
+        z0, zs0 = z.detach().float(), z_src.detach().float()
+        eps = noise.to(z0)
+        z_t = schedule.q_sample(z0, t, eps)
+        zs_t = schedule.q_sample(zs0, t, eps)
+        text = TextEmbedding.concat(text_target.repeat(B), text_source.repeat(B))
+        eps_both = prior.eps(torch.cat([z_t, zs_t]), torch.cat([t, t]), text, guidance_scale).to(z0)
+        eps_tgt, eps_src = eps_both[:B], eps_both[B:]
+        g = w.reshape(-1, *([1] * (z.ndim - 1))) * (eps_tgt - eps_src)
+    return _finish(g, grad_clip, "DDS", t, step, {"latents": z0, "source latents": zs0, "eps_hat": eps_both})
+
+
+def grad_to_loss(z: Tensor, g: Tensor) -> Tensor:
+    """A scalar whose backward pass gives exactly ``g`` as the gradient of ``z``.
+
+    loss = sum(z * stopgrad(g)): d loss / d z = g, bit for bit (autograd multiplies g by the ones of
+    the sum's backward). The value itself means nothing (it is not a distance); log |g| instead.
+    Summed, not averaged, over the batch: divide the loss by B for a batch mean.
+
+    z: (B, ...) latents that carry the graph back to the scene; g: same shape (cast to z's dtype).
+    """
+    if z.shape != g.shape:
+        raise ValueError(f"grad_to_loss: z {tuple(z.shape)} and g {tuple(g.shape)} must have the same shape")
+    return (z * g.detach().to(z.dtype)).sum()
