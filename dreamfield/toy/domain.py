@@ -1,0 +1,110 @@
+"""The toy world's vocabulary: shapes, colours, held-out pairs, prompts and the view-suffix rule.
+
+Everything here follows the contract in TOY_DOMAIN.md; the numbers are the contract's, not tunables.
+This module is the one home of DreamFusion's view-suffix rule (``view_label`` / ``view_suffix``);
+the camera code and the prior's ``view_prompt`` import it from here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional, Sequence
+
+SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid")
+
+# Albedo in sRGB [0, 1], exactly the contract's table.
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.15, 0.15),
+    "green": (0.15, 0.70, 0.20),
+    "blue": (0.15, 0.30, 0.85),
+    "yellow": (0.90, 0.80, 0.15),
+    "purple": (0.55, 0.20, 0.75),
+    "orange": (0.95, 0.50, 0.10),
+}
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+
+# Six (colour, shape) pairs never shown to the prior: a permutation, so every colour and every shape is
+# held out exactly once and every held-out pair is a new combination of a seen colour and a seen shape.
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("red", "torus"),
+    ("green", "cone"),
+    ("blue", "cube"),
+    ("yellow", "pyramid"),
+    ("purple", "sphere"),
+    ("orange", "cylinder"),
+)
+
+ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
+TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT)
+
+VIEW_LABELS: tuple[str, ...] = ("front", "side", "back", "overhead")
+
+
+def prompt(colour: str, shape: str) -> str:
+    """``prompt("red", "cube") == "a red cube"``; unknown names raise ValueError."""
+    if colour not in COLOURS:
+        raise ValueError(f"unknown colour {colour!r}; allowed: {', '.join(COLOUR_NAMES)}")
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
+    return f"a {colour} {shape}"
+
+
+def wrap_azimuth(azimuth_deg: float) -> float:
+    """Azimuth in degrees mapped into (-180, 180]."""
+    a = math.fmod(float(azimuth_deg), 360.0)
+    if a > 180.0:
+        a -= 360.0
+    elif a <= -180.0:
+        a += 360.0
+    return a
+
+
+def view_label(azimuth_deg: float, elevation_deg: float) -> str:
+    """DreamFusion's view bucket (TOY_DOMAIN.md): "overhead" above 60 degrees elevation, else by azimuth.
+
+    front: |azimuth| <= 45, back: |azimuth| >= 135, side: otherwise (azimuth wrapped into (-180, 180]).
+    """
+    if elevation_deg > 60.0:
+        return "overhead"
+    a = abs(wrap_azimuth(azimuth_deg))
+    if a <= 45.0:
+        return "front"
+    if a >= 135.0:
+        return "back"
+    return "side"
+
+
+def view_suffix(azimuth_deg: float, elevation_deg: float) -> str:
+    """The suffix appended to a prompt, e.g. ``", front view"``."""
+    return f", {view_label(azimuth_deg, elevation_deg)} view"
+
+
+def caption(colour: str, shape: str, azimuth_deg: Optional[float] = None, elevation_deg: Optional[float] = None) -> str:
+    """Prompt with the view suffix when a view is given: ``"a red cube, side view"``."""
+    text = prompt(colour, shape)
+    if azimuth_deg is None or elevation_deg is None:
+        return text
+    return text + view_suffix(azimuth_deg, elevation_deg)
+
+
+def nearest_colour(rgb: Sequence[float]) -> str:
+    """Name of the table colour nearest (Euclidean, sRGB) to ``rgb`` (3 floats in [0, 1])."""
+    if len(rgb) != 3:
+        raise ValueError(f"nearest_colour expects 3 values (r, g, b), got {len(rgb)}")
+    r, g, b = (float(v) for v in rgb)
+    return min(COLOURS, key=lambda n: (COLOURS[n][0] - r) ** 2 + (COLOURS[n][1] - g) ** 2 + (COLOURS[n][2] - b) ** 2)
+
+
+_PROMPT_RE = re.compile(r"^\s*(?:an?\s+)?(\w+)\s+(\w+)\s*(?:,.*)?$", re.IGNORECASE)
+
+
+def parse_prompt(text: str) -> Optional[tuple[str, str]]:
+    """``"a red cube, side view"`` -> ``("red", "cube")``; None if the text is not a toy prompt."""
+    m = _PROMPT_RE.match(text)
+    if m is None:
+        return None
+    colour, shape = m.group(1).lower(), m.group(2).lower()
+    if colour in COLOURS and shape in SHAPES:
+        return colour, shape
+    return None

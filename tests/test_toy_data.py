@@ -1,0 +1,121 @@
+"""Ground-truth renders of the toy world: cameras, silhouettes, shading, batches."""
+
+import math
+
+import pytest
+import torch
+
+from dreamfield.config import CameraConfig
+from dreamfield.toy import data, domain
+
+
+def _views(az, el, dist, fov, light=None):
+    t = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
+    c2w = data.look_at(t(az), t(el), t(dist))
+    light = c2w[:, :3, 3] if light is None else torch.tensor([light], dtype=torch.float64)
+    return data.Views(t(az), t(el), t(dist), t(fov), c2w, light)
+
+
+def test_look_at_conventions():
+    c2w = data.look_at(torch.tensor([0.0, 90.0, 0.0]), torch.tensor([0.0, 0.0, 89.0]), torch.tensor([2.0, 2.0, 1.5]))
+    assert torch.allclose(c2w[0, :3, 3], torch.tensor([2.0, 0.0, 0.0]), atol=1e-6)  # azimuth 0 on +x
+    assert torch.allclose(c2w[1, :3, 3], torch.tensor([0.0, 2.0, 0.0]), atol=1e-6)  # azimuth 90 on +y
+    assert c2w[2, 2, 3] == pytest.approx(1.5 * math.sin(math.radians(89.0)), abs=1e-6)
+    for k in range(3):
+        R, pos = c2w[k, :3, :3], c2w[k, :3, 3]
+        assert torch.allclose(R.T @ R, torch.eye(3), atol=1e-6) and torch.det(R) == pytest.approx(1.0, abs=1e-6)
+        assert torch.allclose(-R[:, 2], -pos / pos.norm(), atol=1e-6)  # looks down its -z at the origin
+        assert R[2, 1] > 0  # camera +y has an upward world component
+    assert torch.allclose(c2w[0, :3, 1], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6)
+
+
+def test_rays_top_row_looks_up():
+    v = _views(0, 0, 2, 45)
+    o, d = data.get_rays(v.c2w, v.fov, 8, 8)
+    assert torch.allclose(d.norm(dim=-1), torch.ones(1, 8, 8, dtype=d.dtype))
+    assert (d[0, 0, :, 2] > 0).all() and (d[0, -1, :, 2] < 0).all()  # row 0 is the top
+    # Camera on +x looking at -x: world +y appears on the left (right-handed, z up).
+    assert (d[0, :, 0, 1] < 0).all() and (d[0, :, -1, 1] > 0).all()
+    # The top edge of the image is fov/2 above the axis.
+    top = (d[0, 0, 3, :] + d[0, 0, 4, :]) / 2
+    assert math.degrees(math.atan2(top[2], -top[0])) == pytest.approx(22.5 * (7 / 8), abs=0.3)
+
+
+def test_sphere_silhouette_matches_analytic_disc():
+    v = _views(30, 20, 1.8, 45)
+    geo = data.render_geometry("sphere", v, size=64)  # (1, 2, 64, 64)
+    # Exact per-sub-pixel coverage: a ray hits the sphere iff its distance to the centre is < r.
+    o, d = data.get_rays(v.c2w, v.fov, 128, 128)
+    t_closest = -(o * d).sum(-1, keepdim=True)
+    miss_dist = (o + t_closest * d).norm(dim=-1)
+    ref = torch.nn.functional.avg_pool2d((miss_dist < 0.5).to(geo.dtype)[:, None], 2)[0, 0]
+    cov = geo[0, 1]
+    assert (cov - ref).abs().sum() / ref.sum() < 1e-3
+    # ...and the disc has the analytic apparent radius f * tan(asin(r / d)).
+    focal = 32 / math.tan(math.radians(22.5))
+    radius_px = focal * math.tan(math.asin(0.5 / 1.8))
+    assert cov.sum().item() == pytest.approx(math.pi * radius_px**2, rel=0.01)
+    ii, jj = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    centroid = ((cov * ii).sum() / cov.sum(), (cov * jj).sum() / cov.sum())
+    assert centroid[0].item() == pytest.approx(31.5, abs=0.05) and centroid[1].item() == pytest.approx(31.5, abs=0.05)
+
+
+def test_shading_and_colour():
+    v = _views(0, 0, 1.8, 45, light=(1.5, 0.6, 0.4))
+    geo = data.render_geometry("sphere", v, size=64)
+    red = torch.tensor([domain.COLOURS["red"]], dtype=geo.dtype)
+    rgb = data.colourise(geo, red)[0]  # (3, 64, 64)
+    # With the light at the camera, the surface facing it has ambient + diffuse = 1: the pixel is the albedo.
+    at_cam = data.colourise(data.render_geometry("sphere", _views(0, 0, 1.8, 45), size=64), red)[0]
+    assert torch.allclose(at_cam[:, 31:33, 31:33].mean((1, 2)), red[0], atol=2e-3)
+    assert torch.equal(rgb[:, 0, 0], torch.ones(3, dtype=rgb.dtype))  # white background
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    # Every fully covered pixel has the analytic Lambertian shade averaged over its 2x2 sub-pixels.
+    o, d = data.get_rays(v.c2w, v.fov, 128, 128)
+    b = (o * d).sum(-1)
+    t_hit = -b - (b * b - ((o * o).sum(-1) - 0.25)).clamp_min(0).sqrt()
+    x = o + t_hit[..., None] * d
+    n = x / 0.5
+    l_dir = torch.nn.functional.normalize(v.light[:, None, None] - x, dim=-1)
+    shade = 0.35 + 0.65 * (n * l_dir).sum(-1).clamp_min(0)
+    ref = torch.nn.functional.avg_pool2d(shade[:, None], 2)[0, 0]
+    full = geo[0, 1] == 1
+    assert full.sum() > 1000
+    # (grazing hits stop up to hit_eps off the surface, so allow a few 1e-3 there)
+    assert (geo[0, 0][full] - ref[full]).abs().max() < 5e-3
+    assert (geo[0, 0][full] - ref[full]).abs().mean() < 2e-4
+
+
+def test_cone_stands_upright():
+    geo = data.render_geometry("cone", _views(0, 0, 1.8, 45), size=64)
+    cov = geo[0, 1]
+    rows = cov.sum(1).nonzero().squeeze(1)
+    top_width, bottom_width = cov[rows[2]].sum(), cov[rows[-3]].sum()
+    assert top_width < 0.3 * bottom_width  # apex up (z up, row 0 at the top)
+
+
+def test_camera_distribution_and_labels():
+    g = torch.Generator().manual_seed(0)
+    v = data.sample_views(4000, g)
+    cfg = CameraConfig()
+    assert v.distance.min() >= cfg.distance[0] and v.distance.max() <= cfg.distance[1]
+    assert v.fov.min() >= cfg.fov[0] and v.fov.max() <= cfg.fov[1]
+    assert v.elevation.min() >= cfg.elevation[0] and v.elevation.max() <= cfg.overhead_max
+    overhead = (v.elevation > cfg.elevation[1]).double().mean().item()
+    assert overhead == pytest.approx(cfg.overhead_prob, abs=0.02)
+    assert v.azimuth.min() < -170 and v.azimuth.max() > 170
+    caps = data.captions_for(torch.tensor([0, 5]), torch.tensor([1, 4]), torch.tensor([0.0, 170.0]), torch.tensor([0.0, 70.0]))
+    assert caps == ["a red cube, front view", "a orange torus, overhead view"]
+
+
+def test_render_pairs_and_batches_use_only_their_pairs():
+    out = data.render_pairs([("blue", "torus"), ("yellow", "cube")], 2, seed=3, size=32)
+    assert out["images"].shape == (4, 3, 32, 32)
+    assert out["colour"].tolist() == [2, 2, 3, 3] and out["shape"].tolist() == [4, 4, 1, 1]
+    bank = data.make_geometry_bank(3, seed=0, size=16)
+    assert bank.maps.shape == (6, 3, 2, 16, 16)
+    pairs = data.pairs_tensor(domain.HELD_OUT[:2])
+    rgb, col, shape, view = data.draw_batch(bank, pairs, 50, torch.Generator().manual_seed(0))
+    got = set(zip(col.tolist(), shape.tolist()))
+    assert got <= {tuple(p) for p in pairs.tolist()} and len(got) == 2
+    assert torch.allclose(rgb, data.colourise(bank.maps[shape, view], data.colour_table()[col]))
