@@ -102,10 +102,11 @@ class PriorConfig:
 
     model: Optional[str] = None  # folder or hub id; None = the embedded toy prior
     guidance_scale: float = 7.5
-    dtype: str = "auto"  # "auto" (fp16 on CUDA, fp32 on CPU), "float16", "float32"
+    dtype: str = "auto"  # "auto" (fp16 on CUDA, fp32 on CPU), "float16", "bfloat16", "float32"
     view_dependent: bool = True  # append DreamFusion's view suffix to the prompt
     negative_prompt: str = ""
     local_files_only: bool = True  # offline by default: no machine of the project reaches a hub
+    channels_last: bool = False  # UNet/VAE weights in channels-last memory format (faster convs on recent GPUs)
 
 
 @dataclass
@@ -116,8 +117,8 @@ class GuidanceConfig:
     t_max: float = 0.98
     t_max_end: Optional[float] = None  # anneal t_max linearly to this value; None = no annealing
     anneal_steps: int = 0  # steps over which t_max anneals (0 = the whole run)
-    weighting: str = "sds"  # "sds" (1 - abar_t, threestudio), "uniform", "snr_sqrt" (sqrt(abar_t)(1-abar_t)... see distill)
-    grad_clip: Optional[float] = None  # clip |g| elementwise to this value; None = off
+    weighting: str = "sds"  # w(t): "sds" (1 - abar_t, threestudio), "uniform" (1), "snr_sqrt" (sqrt(abar_t (1 - abar_t)))
+    grad_clip: Optional[float] = None  # clip |g| elementwise to this value (> 0); None = off
     batch_size: int = 1
 
 
@@ -296,7 +297,7 @@ def validate(cfg: Config) -> None:
     choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
     choice("edit.method", cfg.edit.method, ("dds", "pds"))
     choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))
-    choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "float32"))
+    choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "bfloat16", "float32"))
     for f in cfg.export.formats:
         choice("export.formats", f, ("glb", "obj", "ply"))
     if min(cfg.render.p_albedo, cfg.render.p_lambertian, cfg.render.p_textureless) < 0 or (
@@ -306,6 +307,15 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.guidance.t_min < cfg.guidance.t_max <= 1.0:
         raise ConfigError(
             f"guidance.t_min/t_max: need 0 <= t_min < t_max <= 1, got {cfg.guidance.t_min}, {cfg.guidance.t_max}"
+        )
+    if cfg.guidance.t_max_end is not None and not cfg.guidance.t_min <= cfg.guidance.t_max_end <= 1.0:
+        raise ConfigError(f"guidance.t_max_end: need t_min <= t_max_end <= 1, got {cfg.guidance.t_max_end}")
+    if cfg.guidance.grad_clip is not None and not cfg.guidance.grad_clip > 0:
+        raise ConfigError(f"guidance.grad_clip: need a value > 0 or null (off), got {cfg.guidance.grad_clip}")
+    if cfg.guidance.anneal_steps < 0 or cfg.guidance.batch_size < 1 or not cfg.prior.guidance_scale >= 0:
+        raise ConfigError(
+            "guidance.anneal_steps must be >= 0, guidance.batch_size >= 1 and prior.guidance_scale >= 0, got "
+            f"{cfg.guidance.anneal_steps}, {cfg.guidance.batch_size}, {cfg.prior.guidance_scale}"
         )
     if cfg.render.resolution < 8 or cfg.render.n_samples < 2:
         raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
