@@ -30,7 +30,8 @@ class FieldConfig:
     bound: float = 1.0  # the scene box is [-bound, bound]^3
     # dense grid
     grid_resolution: int = 64  # voxels per side
-    grid_features: int = 8  # features per voxel (channel 0 is raw density)
+    grid_features: int = 8  # features per voxel (channel 0 is raw density); used by grid_decoder="mlp"
+    grid_decoder: str = "direct"  # "direct" (3 sigmoid albedo channels; fastest) or "mlp" (features -> MLP)
     # hash grid (Instant-NGP, Mueller et al. 2022)
     hash_levels: int = 16
     hash_features_per_level: int = 2
@@ -76,6 +77,8 @@ class RenderConfig:
     occ_update_every: int = 16
     occ_threshold: float = 0.01
     render_step_size: float = 0.005  # CUDA path marching step (world units)
+    early_stop_eps: float = 1e-4  # CUDA path: drop samples once transmittance falls below this
+    normal_weight_threshold: float = 1e-4  # normals only at samples whose weight exceeds this (0 = all)
     # shading probabilities per step; normalised, must not all be zero
     p_albedo: float = 0.2
     p_lambertian: float = 0.6
@@ -178,7 +181,12 @@ class EditConfig:
     source_prompt: str = ""
     target_prompt: str = ""
     method: str = "dds"  # "dds" or "pds"
-    mesh_fit_steps: int = 300  # steps to fit a field to an imported mesh
+    mesh_fit_steps: int = 300  # Adam steps to fit a field to an imported mesh (the direct grid field needs none)
+    import_radius: float = 0.7  # an imported mesh is centred and scaled so its bounding sphere has this radius
+    keep_scale: bool = False  # true: keep the mesh file's own placement and units (read as glTF Y up)
+    anchor_density: float = 0.0  # weight of |log1p(sigma_edit) - log1p(sigma_source)|^2 at random points (0 = off)
+    anchor_points: int = 4096  # random points in the box per step for anchor_density
+    before_after_views: int = 6  # views on the preview orbit in before_after.png
 
 
 @dataclass
@@ -293,6 +301,7 @@ def validate(cfg: Config) -> None:
     choice("field.kind", cfg.field.kind, ("grid", "hashgrid"))
     choice("field.density_activation", cfg.field.density_activation, ("softplus", "exp"))
     choice("field.normals", cfg.field.normals, ("finite_difference", "autograd"))
+    choice("field.grid_decoder", cfg.field.grid_decoder, ("direct", "mlp"))
     choice("render.background", cfg.render.background, ("constant", "mlp"))
     choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
     choice("edit.method", cfg.edit.method, ("dds", "pds"))

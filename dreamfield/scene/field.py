@@ -1,0 +1,261 @@
+"""Neural fields: a point in the scene box -> (density sigma, albedo).
+
+Two kinds, chosen by ``FieldConfig.kind``:
+
+- ``"grid"``: a learnable dense voxel grid read trilinearly (F.grid_sample). Channel 0 is raw density;
+  albedo comes either straight from three sigmoid colour channels (``grid_decoder="direct"``, the
+  CPU default: the prototype's voxel grid) or from ``grid_features - 1`` feature channels through a
+  one-hidden-layer MLP (``grid_decoder="mlp"``).
+- ``"hashgrid"``: Instant-NGP's multiresolution hash encoding feeding a small MLP that outputs raw
+  density and albedo logits.
+
+Both share the density head (DreamFusion, Poole et al. 2022, Sec. 3.1 and App. A.2):
+
+    raw   = network(x) + density_bias + blob_density * exp(-|x|^2 / (2 blob_radius^2))
+    sigma = activation(raw) * [|x| < bounding_radius]
+
+The Gaussian "blob" makes the first renders an object at the centre rather than fog; the density
+is forced to zero outside the bounding sphere (the toy prototype found that mattered).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamfield.config import FieldConfig, OptimConfig
+from dreamfield.scene.encoding import HashEncoding, sample_grid
+
+Tensor = torch.Tensor
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose backward uses exp(min(x, 15)), so a large raw density cannot blow up the step
+    (Instant-NGP's trunc_exp). The backward is written in torch ops, so it double-differentiates."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: Tensor) -> Tensor:
+    return _TruncExp.apply(x)
+
+
+class DensityField(nn.Module):
+    """What both field kinds share: the density head, normals and the Adam groups.
+
+    Subclasses implement ``_raw_density(x) -> (N,)`` and ``_raw_all(x) -> (raw (N,), albedo_logits (N, 3))``.
+    """
+
+    def __init__(self, cfg: FieldConfig) -> None:
+        super().__init__()
+        if cfg.density_activation not in ("softplus", "exp"):
+            raise ValueError(f"field.density_activation: {cfg.density_activation!r} is not one of softplus, exp")
+        if cfg.normals not in ("finite_difference", "autograd"):
+            raise ValueError(f"field.normals: {cfg.normals!r} is not one of finite_difference, autograd")
+        if cfg.bound <= 0 or cfg.blob_radius <= 0 or cfg.fd_eps <= 0:
+            raise ValueError(
+                f"field.bound, field.blob_radius and field.fd_eps must be > 0, got {cfg.bound}, {cfg.blob_radius}, {cfg.fd_eps}"
+            )
+        self.cfg = cfg
+        self.bound = cfg.bound
+        self.bounding_radius = cfg.bounding_radius
+
+    # -- the two raw heads, per kind -------------------------------------------------------------
+    def _raw_density(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _raw_all(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------------
+    def _blob(self, x: Tensor) -> Tensor:
+        """DreamFusion's density blob lambda * exp(-|x|^2 / (2 sigma^2)) at x (N, 3) -> (N,)."""
+        cfg = self.cfg
+        return cfg.blob_density * torch.exp(-(x * x).sum(dim=-1) / (2.0 * cfg.blob_radius**2))
+
+    def _activate(self, raw: Tensor, x: Tensor) -> Tensor:
+        """Network raw density (N,) at points x (N, 3) -> sigma (N,) >= 0 (module docstring)."""
+        cfg = self.cfg
+        pre = raw + cfg.density_bias + self._blob(x)
+        sigma = F.softplus(pre) if cfg.density_activation == "softplus" else trunc_exp(pre)
+        if cfg.bounding_radius > 0:
+            sigma = sigma * ((x * x).sum(dim=-1) < cfg.bounding_radius**2).to(sigma.dtype)
+        return sigma
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (N, 3) -> sigma (N,) >= 0, albedo (N, 3) in [0, 1]."""
+        raw, logits = self._raw_all(x)
+        return self._activate(raw, x), torch.sigmoid(logits)
+
+    def density(self, x: Tensor) -> Tensor:
+        """x (N, 3) -> sigma (N,); cheaper than forward (no colour)."""
+        return self._activate(self._raw_density(x), x)
+
+    def normals(self, x: Tensor) -> Tensor:
+        """Outward unit normals at x (N, 3) -> (N, 3): n = -g / |g|, g the gradient of the
+        pre-activation density  raw(x) + density_bias + blob(x).
+
+        That gradient points the same way as grad sigma wherever sigma > 0 (softplus and exp are
+        increasing), but it stays informative where the activation saturates (softplus' slope
+        vanishes in empty space, so grad sigma underflows to noise) and it ignores the bounding
+        sphere's cut, which is not a surface. The blob's part is exact: -blob(x) x / blob_radius^2.
+
+        ``finite_difference`` (default): central differences of the network's raw density with step
+        fd_eps along each axis, 6 extra density-only lookups in one batched call; the loss's backward
+        through them is an ordinary first-order backward. ``autograd``: d raw / d x with
+        create_graph=True, so the backward has to differentiate the field twice (double backward
+        through grid_sample or the hash gathers and MLP), which costs more time and memory. The finite
+        difference also smooths over fd_eps, which suits a piecewise-trilinear grid whose exact
+        gradient jumps at every voxel face. Zero gradient (empty space) gives the zero vector.
+        Differentiable w.r.t. the field's parameters when grad mode is on.
+        """
+        if self.cfg.normals == "autograd":
+            grad = self.raw_gradient(x)
+        else:
+            eps = self.cfg.fd_eps
+            offsets = eps * torch.eye(3, dtype=x.dtype, device=x.device)  # (3, 3)
+            pts = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0)  # (6, N, 3)
+            raw = self._raw_density(pts.reshape(-1, 3)).reshape(6, -1)  # (6, N)
+            grad = ((raw[:3] - raw[3:]) / (2.0 * eps)).t()  # (N, 3)
+        grad = grad - (self._blob(x) / self.cfg.blob_radius**2)[:, None] * x
+        return -F.normalize(grad, dim=-1, eps=1e-12)
+
+    def raw_gradient(self, x: Tensor) -> Tensor:
+        """Exact d raw / d x (N, 3) of the network's raw density by autograd (blob not included);
+        keeps the graph (create_graph) when grad mode is on."""
+        keep = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            raw = self._raw_density(xg)
+            (grad,) = torch.autograd.grad(raw.sum(), xg, create_graph=keep)
+        return grad
+
+    def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
+        """Adam parameter groups: [{"params", "lr", "name"}, ...] (empty groups left out)."""
+        groups = [
+            {"params": self._density_params(), "lr": optim_cfg.lr_density, "name": "density"},
+            {"params": self._color_params(), "lr": optim_cfg.lr_color, "name": "color"},
+            {"params": self._network_params(), "lr": optim_cfg.lr_network, "name": "network"},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def _density_params(self) -> list[nn.Parameter]:
+        return []
+
+    def _color_params(self) -> list[nn.Parameter]:
+        return []
+
+    def _network_params(self) -> list[nn.Parameter]:
+        return []
+
+
+class GridField(DensityField):
+    """Dense voxel grid (kind "grid").
+
+    density_grid: (1, 1, R, R, R) raw density; color_grid: (1, C, R, R, R), C = 3 albedo logits
+    ("direct") or grid_features - 1 features for the MLP ("mlp"). Voxel layout (z, y, x), corners
+    at +-bound. Both start at zero: the blob alone shapes the first renders, albedo starts grey.
+    """
+
+    def __init__(self, cfg: FieldConfig) -> None:
+        super().__init__(cfg)
+        if cfg.grid_decoder not in ("direct", "mlp"):
+            raise ValueError(f"field.grid_decoder: {cfg.grid_decoder!r} is not one of direct, mlp")
+        if cfg.grid_resolution < 2:
+            raise ValueError(f"field.grid_resolution must be >= 2, got {cfg.grid_resolution}")
+        r = cfg.grid_resolution
+        self.density_grid = nn.Parameter(torch.zeros(1, 1, r, r, r))
+        if cfg.grid_decoder == "direct":
+            self.color_grid = nn.Parameter(torch.zeros(1, 3, r, r, r))
+            self.decoder = None
+        else:
+            if cfg.grid_features < 2:
+                raise ValueError(f"field.grid_features must be >= 2 with grid_decoder='mlp', got {cfg.grid_features}")
+            self.color_grid = nn.Parameter(0.1 * torch.randn(1, cfg.grid_features - 1, r, r, r))
+            self.decoder = nn.Sequential(
+                nn.Linear(cfg.grid_features - 1, cfg.hidden_dim), nn.ReLU(), nn.Linear(cfg.hidden_dim, 3)
+            )
+
+    def _raw_density(self, x: Tensor) -> Tensor:
+        return sample_grid(self.density_grid, x, self.bound)[:, 0]
+
+    def _raw_all(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # one grid_sample over all channels is cheaper than two (the index math is shared)
+        vals = sample_grid(torch.cat([self.density_grid, self.color_grid], dim=1), x, self.bound)  # (N, 1 + C)
+        feats = vals[:, 1:]
+        logits = feats if self.decoder is None else self.decoder(feats)
+        return vals[:, 0], logits
+
+    def _density_params(self) -> list[nn.Parameter]:
+        return [self.density_grid]
+
+    def _color_params(self) -> list[nn.Parameter]:
+        return [self.color_grid]
+
+    def _network_params(self) -> list[nn.Parameter]:
+        return [] if self.decoder is None else list(self.decoder.parameters())
+
+
+class HashGridField(DensityField):
+    """Instant-NGP hash encoding + MLP (kind "hashgrid").
+
+    MLP: (L * F) -> hidden_dim x num_layers (ReLU) -> 4 outputs (raw density, 3 albedo logits).
+    Adam groups: the hash tables feed density and colour alike and take lr_color (0.01 by default,
+    Instant-NGP's rate; lr_density's 0.05 was tuned for the grid field's raw voxel densities, where
+    one parameter is one voxel's density); the MLP takes lr_network.
+    """
+
+    def __init__(self, cfg: FieldConfig) -> None:
+        super().__init__(cfg)
+        if cfg.num_layers < 1 or cfg.hidden_dim < 1:
+            raise ValueError(f"field.num_layers and field.hidden_dim must be >= 1, got {cfg.num_layers}, {cfg.hidden_dim}")
+        self.encoding = HashEncoding(
+            bound=cfg.bound,
+            levels=cfg.hash_levels,
+            features_per_level=cfg.hash_features_per_level,
+            log2_table_size=cfg.hash_log2_table_size,
+            base_resolution=cfg.hash_base_resolution,
+            max_resolution=cfg.hash_max_resolution,
+        )
+        layers: list[nn.Module] = []
+        width = self.encoding.out_dim
+        for _ in range(cfg.num_layers):
+            layers += [nn.Linear(width, cfg.hidden_dim), nn.ReLU()]
+            width = cfg.hidden_dim
+        last = nn.Linear(width, 4)
+        with torch.no_grad():  # start near raw = 0 and grey albedo, so the blob shapes the first renders
+            last.weight.mul_(0.1)
+            last.bias.zero_()
+        layers.append(last)
+        self.mlp = nn.Sequential(*layers)
+
+    def _raw_all(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.mlp(self.encoding(x))  # (N, 4)
+        return out[:, 0], out[:, 1:]
+
+    def _raw_density(self, x: Tensor) -> Tensor:
+        return self._raw_all(x)[0]
+
+    def _color_params(self) -> list[nn.Parameter]:
+        return [self.encoding.table]
+
+    def _network_params(self) -> list[nn.Parameter]:
+        return list(self.mlp.parameters())
+
+
+def make_field(cfg: FieldConfig) -> DensityField:
+    """The field named by cfg.kind ("grid" or "hashgrid")."""
+    if cfg.kind == "grid":
+        return GridField(cfg)
+    if cfg.kind == "hashgrid":
+        return HashGridField(cfg)
+    raise ValueError(f"field.kind: {cfg.kind!r} is not one of grid, hashgrid")
