@@ -247,3 +247,20 @@ def test_fp16_on_cuda_agrees_with_fp32_on_cpu(tiny_sd_path, prior):
     z.square().sum().backward()
     assert torch.isfinite(rgb.grad).all() and float(rgb.grad.abs().sum()) > 0
     torch.testing.assert_close(z.detach().cpu(), prior.encode(rgb.detach().cpu()).detach(), rtol=0, atol=0.02)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sds_step_on_cuda_fp16_reaches_the_image(tiny_sd_path):
+    from dreamfield.config import GuidanceConfig
+    from dreamfield.distill import grad_to_loss, sample_timesteps, sds_grad
+
+    gpu = load_prior(tiny_sd_path, "cuda", channels_last=True)
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 3, 8, 8, device="cuda", requires_grad=True)
+    z = gpu.encode(rgb)
+    t = sample_timesteps(2, 0, 10, GuidanceConfig(), gpu.schedule.num_train_timesteps, gen, "cuda")
+    noise = torch.randn(z.shape, generator=gen).cuda()
+    g = sds_grad(gpu, z, gpu.embed(["a red cube, front view"]), t, noise, 7.5)
+    assert g.device.type == "cuda" and g.dtype == torch.float32 and torch.isfinite(g).all()
+    grad_to_loss(z, g).backward()
+    assert torch.isfinite(rgb.grad).all() and float(rgb.grad.abs().sum()) > 0
