@@ -112,6 +112,11 @@ class GaussianMixture:
         _, _, logp = self._components(x_t, t, schedule)
         return torch.logsumexp(logp, dim=1)
 
+    def responsibilities(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+        """Posterior component probabilities p(k | x_t), (B, K); at t = 0 nearly p(k | x_0)."""
+        _, _, logp = self._components(x_t, t, schedule)
+        return torch.softmax(logp, dim=1)
+
     def score(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """grad log q(x_t) = -sum_k r_k(x_t) (x_t - sqrt(abar) mu_k) / v_k, r = posterior responsibilities."""
         diff, var, logp = self._components(x_t, t, schedule)
