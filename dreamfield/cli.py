@@ -160,7 +160,7 @@ def cmd_generate(args) -> int:
         run_dir = new_run_dir(args.out, prompt)
     _set_threads(cfg)
     device = resolve_device(cfg.run.device)
-    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only)
+    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
     if not args.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "prompt.json").write_text(json.dumps({"command": "generate", "prompt": prompt}) + "\n")
@@ -193,8 +193,16 @@ def _export(cfg, scene, run_dir: Path, device, formats=None, video: bool = True)
     except EmptyMeshError as exc:
         print(f"dreamfield: warning: no mesh exported: {exc}", file=sys.stderr)
     if video:
-        turntable(scene.field, scene.background, cfg.render, run_dir / "turntable.mp4", cfg.export, cfg.camera)
-        contact_sheet(scene.field, scene.background, cfg.render, run_dir / "views.png", cfg.camera)
+        ex, cam = cfg.export, cfg.camera
+        turntable(
+            scene.field, scene.background, cfg.render, run_dir / "turntable.mp4", ex.video_frames, ex.video_fps,
+            ex.video_resolution, ex.video_elevation, cam.preview_distance, cam.preview_fov,
+            normals=ex.video_normals, gif=ex.gif,
+        )
+        contact_sheet(
+            scene.field, scene.background, cfg.render, run_dir / "views.png", 4, ex.video_resolution,
+            ex.video_elevation, cam.preview_distance, cam.preview_fov,
+        )
     timing = run_dir / "timing.json"
     prev = json.loads(timing.read_text()) if timing.is_file() else {}
     prev["export_seconds"] = time.perf_counter() - t0
@@ -259,7 +267,7 @@ def cmd_sample(args) -> int:
     eta = args.eta if args.eta is not None else sc.eta
     _set_threads(cfg)
     device = resolve_device(cfg.run.device)
-    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only)
+    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
     views = [] if args.views.strip().lower() == "none" else [v.strip() for v in args.views.split(",") if v.strip()]
     for v in views:
         if v not in ("front", "side", "back", "overhead"):
@@ -308,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("dreamfield: interrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+    except (ValueError, ArithmeticError, RuntimeError, OSError) as exc:
         if os.environ.get("DREAMFIELD_DEBUG"):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__

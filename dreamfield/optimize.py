@@ -33,6 +33,7 @@ from dreamfield.prior import view_prompt
 from dreamfield.scene.background import make_background
 from dreamfield.scene.cameras import orbit_cameras, sample_cameras
 from dreamfield.scene.field import make_field
+from dreamfield.scene.occupancy import OccupancyGrid
 from dreamfield.scene.render import RenderOut, choose_shading, render
 
 
@@ -118,7 +119,7 @@ def preview(cfg: Config, scene: Scene, path: Path, views: int = 4, resolution: i
     """A grid of rgb (lambertian) over normals on a fixed orbit."""
     device = next(scene.field.parameters()).device
     cams = orbit_cameras(views, cfg.camera.preview_elevation, cfg.camera.preview_distance, cfg.camera.preview_fov, device)
-    out = render(scene.field, cams, resolution, resolution, cfg.render, scene.background, "lambertian", occupancy, train=False)
+    out = render(scene.field, cams, resolution, resolution, cfg.render, scene.background, "lambertian", occupancy)
     normals = (out.normal * 0.5 + 0.5) * out.opacity + (1 - out.opacity)
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(torch.cat([out.rgb, normals]), nrow=views).save(path)
@@ -167,13 +168,18 @@ def optimize(
     if scene is None:
         scene = make_scene(cfg, device)
     optimizer = make_optimizer(cfg, scene)
-    occupancy = None  # the renderer's CUDA path builds its grid lazily when cfg.render.use_occupancy_grid
+    # CUDA: nerfacc's occupancy grid skips empty space (packed rendering); the CPU path renders dense samples.
+    occupancy = None
+    if device.type == "cuda" and cfg.render.use_occupancy_grid:
+        occupancy = OccupancyGrid(cfg.render, cfg.field.bound).to(device)
 
     start = 0
     if resume:
         state = load_checkpoint(run.ckpt_dir / "last.pt")
         scene.load_state_dict(state["scene"])
         optimizer.load_state_dict(state["optimizer"])
+        if occupancy is not None and "occupancy" in state:
+            occupancy.load_state_dict(state["occupancy"])
         set_rng_state(state["rng"], generator)
         start = int(state["step"])
         run.truncate_metrics(start)
@@ -195,6 +201,8 @@ def optimize(
             "rng": rng_state(generator),
             "prompt": prompt,
         }
+        if occupancy is not None:
+            state["occupancy"] = occupancy.state_dict()
         save_checkpoint(run.ckpt_dir / "last.pt", state)
         if periodic:
             save_checkpoint(run.ckpt_dir / f"step_{step:06d}.pt", state)
@@ -208,7 +216,11 @@ def optimize(
         res = resolution_at(cfg, step)
 
         # 2. render the scene and encode the render into the prior's latent space
-        out: RenderOut = render(scene.field, cams, res, res, cfg.render, scene.background, shading, occupancy)
+        if occupancy is not None:
+            occupancy.update(step, scene.field)
+        out: RenderOut = render(
+            scene.field, cams, res, res, cfg.render, scene.background, shading, occupancy, generator=generator
+        )
         z = prior.encode(out.rgb)  # (B, C, h, w), differentiable
 
         # 3. timestep and noise (shared by both DDS branches), text embeddings per view
@@ -218,13 +230,20 @@ def optimize(
 
         # 4. the distillation gradient on the latents: SDS, or DDS against the frozen source
         if edit is None:
-            g = sds_grad(prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip)
+            g = sds_grad(
+                prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step
+            )
         else:
             with torch.no_grad():
-                src_out = render(edit.scene.field, cams, res, res, cfg.render, edit.scene.background, shading, None)
+                src_out = render(
+                    edit.scene.field, cams, res, res, cfg.render, edit.scene.background, shading, stratified=False
+                )
                 z_src = prior.encode(src_out.rgb)
             source_text = prior.embed(prompts_for(edit.source_prompt, cams, cfg.prior.view_dependent), cfg.prior.negative_prompt)
-            g = dds_grad(prior, z, z_src, text, source_text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip)
+            g = dds_grad(
+                prior, z, z_src, text, source_text, t, noise,
+                cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step,
+            )
 
         # 5. the loss: distillation term plus regularisers, summed explicitly with their weights
         loss_distill = grad_to_loss(z, g)
@@ -270,7 +289,7 @@ def optimize(
             run.log(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4g}", t=rec["t"], opac=f"{rec['opacity']:.3f}")
         if cfg.run.preview_every > 0 and (done % cfg.run.preview_every == 0 or done == total):
-            preview(cfg, scene, run.dir / "previews" / f"step_{done:06d}.png")
+            preview(cfg, scene, run.dir / "previews" / f"step_{done:06d}.png", occupancy=occupancy)
         periodic = cfg.run.checkpoint_every > 0 and done % cfg.run.checkpoint_every == 0
         if periodic or done == total:
             checkpoint(done, periodic)
