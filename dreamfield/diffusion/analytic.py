@@ -6,8 +6,8 @@ mixture sum_k w_k N(mu_k, s_k^2 I) gives the mixture of those. The optimal noise
 eps*(x_t, t) = E[eps | x_t] = -sqrt(1 - abar_t) grad log q(x_t) (Tweedie's formula; the link between
 denoising and score matching used in DDPM Sec. 3.2 and Song et al. 2021, Eq. 7).
 
-All methods take x_t (B, *event) with t LongTensor (B,), compute in x_t's dtype, and return
-per-sample values (B, *event) or (B,).
+All methods take x_t (B, *event) with t LongTensor (B,), compute in float64 (like the schedule) and
+return per-sample values (B, *event) or (B,) in x_t's dtype, differentiable in x_t.
 """
 
 from __future__ import annotations
@@ -17,12 +17,17 @@ import math
 import torch
 from torch import Tensor
 
-from dreamfield.diffusion.schedule import NoiseSchedule
+from dreamfield.diffusion.schedule import NoiseSchedule, _compute_dtype
 
 
 def _abar(schedule: NoiseSchedule, t: Tensor, x: Tensor) -> Tensor:
     """abar_t (B,) in x's dtype and device."""
     return schedule.alphas_cumprod[torch.as_tensor(t, dtype=torch.long).cpu()].to(device=x.device, dtype=x.dtype)
+
+
+def _up(x: Tensor) -> Tensor:
+    """x in the float64 compute dtype (float32 on MPS)."""
+    return x.to(_compute_dtype(x))
 
 
 class GaussianData:
@@ -51,19 +56,23 @@ class GaussianData:
 
     def score(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """grad_x log q(x_t) = -(x_t - sqrt(abar) mu) / (abar sigma^2 + 1 - abar), (B, *event)."""
-        mean, var = self._moments(x_t, t, schedule)
-        return -(x_t - mean) / var
+        x = _up(x_t)
+        mean, var = self._moments(x, t, schedule)
+        return (-(x - mean) / var).to(x_t.dtype)
 
     def eps(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """The exact noise prediction -sqrt(1 - abar_t) score, (B, *event)."""
-        abar = _abar(schedule, t, x_t).reshape(-1, *([1] * len(self.event_shape)))
-        return -(1.0 - abar).sqrt() * self.score(x_t, t, schedule)
+        x = _up(x_t)
+        mean, var = self._moments(x, t, schedule)
+        abar = _abar(schedule, t, x).reshape(-1, *([1] * len(self.event_shape)))
+        return ((1.0 - abar).sqrt() * (x - mean) / var).to(x_t.dtype)
 
     def log_prob_marginal(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """log q(x_t) summed over the event dimensions, (B,)."""
-        mean, var = self._moments(x_t, t, schedule)
-        lp = -0.5 * ((x_t - mean) ** 2 / var + torch.log(2 * math.pi * var))
-        return lp.reshape(x_t.shape[0], -1).sum(dim=1)
+        x = _up(x_t)
+        mean, var = self._moments(x, t, schedule)
+        lp = -0.5 * ((x - mean) ** 2 / var + torch.log(2 * math.pi * var))
+        return lp.reshape(x.shape[0], -1).sum(dim=1).to(x_t.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n draws of x_0, (n, *event) in mu's dtype and device."""
@@ -109,25 +118,29 @@ class GaussianMixture:
 
     def log_prob_marginal(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """log q(x_t) = logsumexp_k (log w_k + log N(x_t; sqrt(abar) mu_k, v_k I)), (B,)."""
-        _, _, logp = self._components(x_t, t, schedule)
-        return torch.logsumexp(logp, dim=1)
+        _, _, logp = self._components(_up(x_t), t, schedule)
+        return torch.logsumexp(logp, dim=1).to(x_t.dtype)
 
     def responsibilities(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """Posterior component probabilities p(k | x_t), (B, K); at t = 0 nearly p(k | x_0)."""
-        _, _, logp = self._components(x_t, t, schedule)
-        return torch.softmax(logp, dim=1)
+        _, _, logp = self._components(_up(x_t), t, schedule)
+        return torch.softmax(logp, dim=1).to(x_t.dtype)
 
     def score(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """grad log q(x_t) = -sum_k r_k(x_t) (x_t - sqrt(abar) mu_k) / v_k, r = posterior responsibilities."""
-        diff, var, logp = self._components(x_t, t, schedule)
+        return self._score(_up(x_t), t, schedule).to(x_t.dtype)
+
+    def _score(self, x: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+        diff, var, logp = self._components(x, t, schedule)
         resp = torch.softmax(logp, dim=1)  # (B, K)
         coef = (resp / var).reshape(*resp.shape, *([1] * len(self.event_shape)))
         return -(coef * diff).sum(dim=1)
 
     def eps(self, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         """The exact noise prediction -sqrt(1 - abar_t) score, (B, *event)."""
-        abar = _abar(schedule, t, x_t).reshape(-1, *([1] * len(self.event_shape)))
-        return -(1.0 - abar).sqrt() * self.score(x_t, t, schedule)
+        x = _up(x_t)
+        abar = _abar(schedule, t, x).reshape(-1, *([1] * len(self.event_shape)))
+        return (-(1.0 - abar).sqrt() * self._score(x, t, schedule)).to(x_t.dtype)
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, return_labels: bool = False

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dreamfield.diffusion.schedule import NoiseSchedule, ddim_step, ddpm_step
+from dreamfield.diffusion.schedule import NoiseSchedule, ddim_step, ddpm_step, randn
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -97,7 +97,7 @@ def sample_ddpm(
         last = i + 1 == len(timesteps)
         t_prev = torch.full_like(t, -1) if last else _batch_t(timesteps[i + 1], x)
         eps = eps_fn(x, t)
-        noise = None if last else torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = None if last else randn(x.shape, generator, x.device, x.dtype)
         x = ddpm_step(s, eps, t, x, noise, t_prev=t_prev, prediction_type="epsilon")
     return x
 
@@ -154,7 +154,7 @@ def sample_langevin(
         delta = step_scale * (1.0 - abar)
         for _ in range(corrector_steps):
             score = -eps_fn(x, t) / sigma
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = randn(x.shape, generator, x.device, x.dtype)
             x = x + 0.5 * delta * score + delta**0.5 * z  # Song & Ermon 2019, Algorithm 1, line 6
     if denoise and len(timesteps) > 0:
         t = _batch_t(timesteps[-1], x)
@@ -189,7 +189,7 @@ def sample(
     steps, spacing: the timestep subsequence, see ``make_timesteps`` ("leading" by default, as
         diffusers' DDIM/DDPM schedulers and the Stable Diffusion configs use).
     x_T: the starting sample (B, ...); by default N(0, I) drawn with ``generator`` in ``dtype`` on
-        ``device`` (the generator's device when not given). N(0, I) is only approximately the marginal
+        ``device`` (the generator's device when not given; a CPU generator draws on the CPU). N(0, I) is only approximately the marginal
         at the first timestep (abar_T > 0 for the usual schedules); DDIM, being deterministic, carries
         that mismatch to its output, while DDPM and Langevin forget it.
     Returns x_0 samples (B, ...).
@@ -200,7 +200,7 @@ def sample(
     if x_T is None:
         if device is None:
             device = generator.device if generator is not None else "cpu"
-        x_T = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        x_T = randn(tuple(shape), generator, device, dtype)
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
     if method == "ddim":

@@ -235,6 +235,15 @@ class NoiseSchedule:
         return abar.to(device=like.device, dtype=_compute_dtype(like))
 
 
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
+) -> Tensor:
+    """N(0, I) of ``shape`` on ``device``, drawn on the generator's own device (as diffusers'
+    randn_tensor does), so a CPU generator gives the same numbers whatever the target device."""
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
+
+
 def _as_time(t: Tensor | int, x: Tensor) -> Tensor:
     """t as a LongTensor (B,) on x's device (an int or a 0-d tensor is broadcast over the batch)."""
     t = torch.as_tensor(t, dtype=torch.long, device=x.device)
@@ -318,7 +327,7 @@ def ddim_step(
     x_prev = abar_prev.sqrt() * x0_hat + direction
     if eta > 0:
         if noise is None:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
         x_prev = x_prev + sigma * noise.to(dt)  # Eq. 12, "random noise"
     return x_prev.to(x_t.dtype)
 
