@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     _optimise_args(g)
 
     e = sub.add_parser("edit", help="edit a saved scene or a mesh by Delta Denoising Score")
-    e.add_argument("source", help="run folder, checkpoint file, or mesh (GLB/OBJ/PLY)")
-    e.add_argument("--source-prompt", default=None, help="what the source shows, e.g. 'a red cube'")
+    e.add_argument("source", nargs="?", default=None,
+                   help="run folder, checkpoint file, or mesh (GLB/OBJ/PLY); not needed with --resume")
+    e.add_argument("--source-prompt", default=None,
+                   help="what the source shows, e.g. 'a red cube' (default for a run folder: its prompt)")
     e.add_argument("--target-prompt", default=None, help="what it should become, e.g. 'a blue cube'")
     e.add_argument("--method", default=None, choices=["dds", "pds"], help="edit objective (default dds)")
     _optimise_args(e)
