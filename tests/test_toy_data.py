@@ -6,46 +6,20 @@ import pytest
 import torch
 
 from dreamfield.config import CameraConfig
+from dreamfield.scene.cameras import get_rays, look_at
 from dreamfield.toy import data, domain
 
 
 def _views(az, el, dist, fov, light=None):
-    t = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
-    c2w = data.look_at(t(az), t(el), t(dist))
-    light = c2w[:, :3, 3] if light is None else torch.tensor([light], dtype=torch.float64)
-    return data.Views(t(az), t(el), t(dist), t(fov), c2w, light)
-
-
-def test_look_at_conventions():
-    c2w = data.look_at(torch.tensor([0.0, 90.0, 0.0]), torch.tensor([0.0, 0.0, 89.0]), torch.tensor([2.0, 2.0, 1.5]))
-    assert torch.allclose(c2w[0, :3, 3], torch.tensor([2.0, 0.0, 0.0]), atol=1e-6)  # azimuth 0 on +x
-    assert torch.allclose(c2w[1, :3, 3], torch.tensor([0.0, 2.0, 0.0]), atol=1e-6)  # azimuth 90 on +y
-    assert c2w[2, 2, 3] == pytest.approx(1.5 * math.sin(math.radians(89.0)), abs=1e-6)
-    for k in range(3):
-        R, pos = c2w[k, :3, :3], c2w[k, :3, 3]
-        assert torch.allclose(R.T @ R, torch.eye(3), atol=1e-6) and torch.det(R) == pytest.approx(1.0, abs=1e-6)
-        assert torch.allclose(-R[:, 2], -pos / pos.norm(), atol=1e-6)  # looks down its -z at the origin
-        assert R[2, 1] > 0  # camera +y has an upward world component
-    assert torch.allclose(c2w[0, :3, 1], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6)
-
-
-def test_rays_top_row_looks_up():
-    v = _views(0, 0, 2, 45)
-    o, d = data.get_rays(v.c2w, v.fov, 8, 8)
-    assert torch.allclose(d.norm(dim=-1), torch.ones(1, 8, 8, dtype=d.dtype))
-    assert (d[0, 0, :, 2] > 0).all() and (d[0, -1, :, 2] < 0).all()  # row 0 is the top
-    # Camera on +x looking at -x: world +y appears on the left (right-handed, z up).
-    assert (d[0, :, 0, 1] < 0).all() and (d[0, :, -1, 1] > 0).all()
-    # The top edge of the image is fov/2 above the axis.
-    top = (d[0, 0, 3, :] + d[0, 0, 4, :]) / 2
-    assert math.degrees(math.atan2(top[2], -top[0])) == pytest.approx(22.5 * (7 / 8), abs=0.3)
+    light_pos = None if light is None else torch.tensor([light], dtype=torch.float32)
+    return look_at(float(az), float(el), float(dist), float(fov), light_pos=light_pos)
 
 
 def test_sphere_silhouette_matches_analytic_disc():
     v = _views(30, 20, 1.8, 45)
     geo = data.render_geometry("sphere", v, size=64)  # (1, 2, 64, 64)
     # Exact per-sub-pixel coverage: a ray hits the sphere iff its distance to the centre is < r.
-    o, d = data.get_rays(v.c2w, v.fov, 128, 128)
+    o, d = get_rays(v, 128, 128)
     t_closest = -(o * d).sum(-1, keepdim=True)
     miss_dist = (o + t_closest * d).norm(dim=-1)
     ref = torch.nn.functional.avg_pool2d((miss_dist < 0.5).to(geo.dtype)[:, None], 2)[0, 0]
@@ -71,12 +45,12 @@ def test_shading_and_colour():
     assert torch.equal(rgb[:, 0, 0], torch.ones(3, dtype=rgb.dtype))  # white background
     assert rgb.min() >= 0 and rgb.max() <= 1
     # Every fully covered pixel has the analytic Lambertian shade averaged over its 2x2 sub-pixels.
-    o, d = data.get_rays(v.c2w, v.fov, 128, 128)
+    o, d = get_rays(v, 128, 128)
     b = (o * d).sum(-1)
     t_hit = -b - (b * b - ((o * o).sum(-1) - 0.25)).clamp_min(0).sqrt()
     x = o + t_hit[..., None] * d
     n = x / 0.5
-    l_dir = torch.nn.functional.normalize(v.light[:, None, None] - x, dim=-1)
+    l_dir = torch.nn.functional.normalize(v.light_pos[:, None, None] - x, dim=-1)
     shade = 0.35 + 0.65 * (n * l_dir).sum(-1).clamp_min(0)
     ref = torch.nn.functional.avg_pool2d(shade[:, None], 2)[0, 0]
     full = geo[0, 1] == 1
@@ -99,11 +73,12 @@ def test_camera_distribution_and_labels():
     v = data.sample_views(4000, g)
     cfg = CameraConfig()
     assert v.distance.min() >= cfg.distance[0] and v.distance.max() <= cfg.distance[1]
-    assert v.fov.min() >= cfg.fov[0] and v.fov.max() <= cfg.fov[1]
-    assert v.elevation.min() >= cfg.elevation[0] and v.elevation.max() <= cfg.overhead_max
-    overhead = (v.elevation > cfg.elevation[1]).double().mean().item()
+    assert v.fov_y_deg.min() >= cfg.fov[0] and v.fov_y_deg.max() <= cfg.fov[1]
+    assert v.elevation_deg.min() >= cfg.elevation[0] and v.elevation_deg.max() <= cfg.overhead_max
+    overhead = (v.elevation_deg > cfg.elevation[1]).double().mean().item()
     assert overhead == pytest.approx(cfg.overhead_prob, abs=0.02)
-    assert v.azimuth.min() < -170 and v.azimuth.max() > 170
+    assert v.azimuth_deg.min() < -170 and v.azimuth_deg.max() > 170
+    assert (v.light_pos - v.position).norm(dim=-1).mean() == pytest.approx(cfg.light_jitter * 1.596, rel=0.05)
     caps = data.captions_for(torch.tensor([0, 5]), torch.tensor([1, 4]), torch.tensor([0.0, 170.0]), torch.tensor([0.0, 70.0]))
     assert caps == ["a red cube, front view", "a orange torus, overhead view"]
 

@@ -8,9 +8,8 @@ Geometry and colour are separated: since every pixel of a sub-sample is either b
 ``C`` = mean(hit). So :func:`render_geometry` traces each (shape, camera) once into the two maps (A, C),
 and :func:`colourise` turns them into an image of any colour. This makes the data 6x cheaper.
 
-Cameras follow the project's conventions (z up, azimuth 0 on +x, elevation up from the xy-plane,
-OpenGL camera looking down its -z with +y up), drawn from ``CameraConfig``'s defaults, the same
-distribution ``dreamfield generate`` trains with.
+Cameras are the project's own (``dreamfield.scene.cameras``: z up, azimuth 0 on +x, OpenGL camera),
+drawn from ``CameraConfig``'s defaults, the same distribution ``dreamfield generate`` trains with.
 """
 
 from __future__ import annotations
@@ -21,79 +20,20 @@ from typing import Optional, Sequence
 import torch
 
 from dreamfield.config import CameraConfig
+from dreamfield.scene.cameras import Cameras, get_rays, sample_cameras
 from dreamfield.toy import shapes as shp
 from dreamfield.toy.domain import COLOURS, COLOUR_NAMES, SHAPES, caption
 
 AMBIENT, DIFFUSE = 0.35, 0.65
 
 
-@dataclass(frozen=True)
-class Views:
-    """A batch of cameras. All tensors (B,) except ``c2w`` (B, 4, 4) and ``light`` (B, 3)."""
-
-    azimuth: torch.Tensor  # degrees, (-180, 180]
-    elevation: torch.Tensor  # degrees
-    distance: torch.Tensor
-    fov: torch.Tensor  # vertical field of view, degrees
-    c2w: torch.Tensor  # camera-to-world, OpenGL convention
-    light: torch.Tensor  # light position, world
-
-
-def look_at(azimuth: torch.Tensor, elevation: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
-    """Camera-to-world matrices (B, 4, 4) of cameras on a sphere looking at the origin, world z up.
-
-    The camera's -z axis points at the origin, +x to the right, +y up (OpenGL).
-    """
-    az, el = torch.deg2rad(azimuth), torch.deg2rad(elevation)
-    pos = torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], dim=-1) * distance[:, None]
-    back = torch.nn.functional.normalize(pos, dim=-1)  # camera +z
-    world_up = torch.zeros_like(pos)
-    world_up[:, 2] = 1.0
-    right = torch.nn.functional.normalize(torch.cross(world_up, back, dim=-1), dim=-1)
-    up = torch.cross(back, right, dim=-1)
-    c2w = torch.zeros(pos.shape[0], 4, 4, dtype=pos.dtype, device=pos.device)
-    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, up, back, pos
-    c2w[:, 3, 3] = 1.0
-    return c2w
-
-
-def get_rays(c2w: torch.Tensor, fov_deg: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-centre rays: origins (B, H, W, 3) and unit directions (B, H, W, 3); row 0 is the top."""
-    dev, dt = c2w.device, c2w.dtype
-    focal = 0.5 * H / torch.tan(torch.deg2rad(fov_deg) / 2)  # (B,)
-    j = torch.arange(W, device=dev, dtype=dt) + 0.5 - W / 2
-    i = torch.arange(H, device=dev, dtype=dt) + 0.5 - H / 2
-    ii, jj = torch.meshgrid(i, j, indexing="ij")  # (H, W)
-    d_cam = torch.stack(
-        [jj[None] / focal[:, None, None], -ii[None] / focal[:, None, None], -torch.ones_like(ii)[None].expand(len(focal), H, W)],
-        dim=-1,
-    )  # (B, H, W, 3)
-    dirs = torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], d_cam)
-    dirs = torch.nn.functional.normalize(dirs, dim=-1)
-    origins = c2w[:, None, None, :3, 3].expand_as(dirs)
-    return origins, dirs
-
-
 def sample_views(
     n: int, generator: torch.Generator, cfg: Optional[CameraConfig] = None, device: torch.device | str = "cpu"
-) -> Views:
+) -> Cameras:
     """Random cameras per the contract: distance U[1.6, 2], elevation U[-10, 60] with a share of
-    overhead views U[60, 85], azimuth uniform, fov U[40, 50]; light = camera + N(0, jitter^2)."""
-    cfg = cfg or CameraConfig()
-
-    def uni(lo_hi: Sequence[float]) -> torch.Tensor:
-        lo, hi = lo_hi
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
-
-    distance, fov = uni(cfg.distance), uni(cfg.fov)
-    azimuth = uni(cfg.azimuth)
-    elevation = uni(cfg.elevation)
-    overhead = torch.rand(n, generator=generator) < cfg.overhead_prob
-    elevation = torch.where(overhead, uni((cfg.elevation[1], cfg.overhead_max)), elevation)
-    jitter = torch.randn(n, 3, generator=generator) * cfg.light_jitter
-    azimuth, elevation, distance, fov, jitter = (v.to(device) for v in (azimuth, elevation, distance, fov, jitter))
-    c2w = look_at(azimuth, elevation, distance)
-    return Views(azimuth, elevation, distance, fov, c2w, c2w[:, :3, 3] + jitter)
+    overhead views U[60, 85], azimuth uniform, fov U[40, 50]; light = camera + N(0, jitter^2).
+    These are ``CameraConfig``'s defaults, drawn by the same sampler ``dreamfield generate`` uses."""
+    return sample_cameras(cfg or CameraConfig(), n, generator, device)
 
 
 def sphere_trace(
@@ -132,21 +72,21 @@ def sphere_trace(
 
 
 @torch.no_grad()
-def render_geometry(shape: str, views: Views, size: int = 64, supersample: int = 2, chunk: int = 64) -> torch.Tensor:
+def render_geometry(shape: str, views: Cameras, size: int = 64, supersample: int = 2, chunk: int = 64) -> torch.Tensor:
     """Colour-free render of ``shape``: (B, 2, size, size) maps A = mean(hit * shade), C = mean(hit)
     over each pixel's supersample x supersample sub-pixels (see module doc). Same device as ``views``."""
     out = []
     S = size * supersample
-    for i in range(0, len(views.fov), chunk):
+    for i in range(0, len(views), chunk):
         sl = slice(i, i + chunk)
-        o, d = get_rays(views.c2w[sl], views.fov[sl], S, S)  # (b, S, S, 3)
+        o, d = get_rays(views[sl], S, S)  # (b, S, S, 3)
         b = o.shape[0]
         hit, x = sphere_trace(shape, o.reshape(-1, 3), d.reshape(-1, 3))
         shade = torch.zeros(hit.shape, dtype=o.dtype, device=o.device)
         if hit.any():
             xh = x[hit]
             n = shp.sdf_normals(shape, xh)
-            light = views.light[sl][:, None, None, :].expand(b, S, S, 3).reshape(-1, 3)[hit]
+            light = views.light_pos[sl][:, None, None, :].expand(b, S, S, 3).reshape(-1, 3)[hit]
             l_dir = torch.nn.functional.normalize(light - xh, dim=-1)
             shade[hit] = AMBIENT + DIFFUSE * (n * l_dir).sum(-1).clamp_min(0)
         hitf = hit.to(o.dtype).reshape(b, 1, S, S)
@@ -189,8 +129,8 @@ def make_geometry_bank(
     for shape in it:
         v = sample_views(views_per_shape, g, device=device)
         maps.append(render_geometry(shape, v, size=size, chunk=256 if str(device).startswith("cuda") else 32))
-        az.append(v.azimuth)
-        el.append(v.elevation)
+        az.append(v.azimuth_deg)
+        el.append(v.elevation_deg)
     return GeometryBank(torch.stack(maps), torch.stack(az), torch.stack(el))
 
 
@@ -241,8 +181,8 @@ def render_pairs(
         imgs.append(colourise(geo, table[ci].expand(views_per_pair, 3)))
         cols.append(torch.full((views_per_pair,), ci, dtype=torch.long))
         shs.append(torch.full((views_per_pair,), SHAPES.index(s), dtype=torch.long))
-        azs.append(v.azimuth.cpu())
-        els.append(v.elevation.cpu())
+        azs.append(v.azimuth_deg.cpu())
+        els.append(v.elevation_deg.cpu())
     return dict(
         images=torch.cat(imgs),
         colour=torch.cat(cols),

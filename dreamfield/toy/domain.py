@@ -1,15 +1,16 @@
 """The toy world's vocabulary: shapes, colours, held-out pairs, prompts and the view-suffix rule.
 
 Everything here follows the contract in TOY_DOMAIN.md; the numbers are the contract's, not tunables.
-This module is the one home of DreamFusion's view-suffix rule (``view_label`` / ``view_suffix``);
-the camera code and the prior's ``view_prompt`` import it from here.
+The view-suffix rule itself lives with the prior (``dreamfield.prior.text.view_label``), so the
+captions the toy prior is trained on and the prompts SDS sends to it are built by the same code.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Optional, Sequence
+
+from dreamfield.prior.text import view_label
 
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid")
 
@@ -50,33 +51,8 @@ def prompt(colour: str, shape: str) -> str:
     return f"a {colour} {shape}"
 
 
-def wrap_azimuth(azimuth_deg: float) -> float:
-    """Azimuth in degrees mapped into (-180, 180]."""
-    a = math.fmod(float(azimuth_deg), 360.0)
-    if a > 180.0:
-        a -= 360.0
-    elif a <= -180.0:
-        a += 360.0
-    return a
-
-
-def view_label(azimuth_deg: float, elevation_deg: float) -> str:
-    """DreamFusion's view bucket (TOY_DOMAIN.md): "overhead" above 60 degrees elevation, else by azimuth.
-
-    front: |azimuth| <= 45, back: |azimuth| >= 135, side: otherwise (azimuth wrapped into (-180, 180]).
-    """
-    if elevation_deg > 60.0:
-        return "overhead"
-    a = abs(wrap_azimuth(azimuth_deg))
-    if a <= 45.0:
-        return "front"
-    if a >= 135.0:
-        return "back"
-    return "side"
-
-
 def view_suffix(azimuth_deg: float, elevation_deg: float) -> str:
-    """The suffix appended to a prompt, e.g. ``", front view"``."""
+    """The suffix appended to a prompt, e.g. ``", front view"`` (rule: ``view_label``, TOY_DOMAIN.md)."""
     return f", {view_label(azimuth_deg, elevation_deg)} view"
 
 
