@@ -284,7 +284,8 @@ def cmd_sample(args) -> int:
             return prior.eps(x_t, t, emb, guidance)
 
         shape = (n, prior.latent_channels, prior.latent_size, prior.latent_size)
-        z = sample(eps_fn, shape, prior.schedule, method=method, steps=steps, eta=eta, generator=generator)
+        z = sample(eps_fn, shape, prior.schedule, method=method, steps=steps, eta=eta, generator=generator,
+                   device=prior.device, progress=True)
         rows.append(prior.decode(z.to(device)).float().cpu())
     out = Path(args.out) if args.out else Path("outputs") / "samples" / f"{slugify(prompt)}-{method}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
