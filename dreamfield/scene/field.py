@@ -111,23 +111,27 @@ class DensityField(nn.Module):
 
         ``finite_difference`` (default): central differences of the network's raw density with step
         fd_eps along each axis, 6 extra density-only lookups in one batched call; the loss's backward
-        through them is an ordinary first-order backward. ``autograd``: d raw / d x with
-        create_graph=True, so the backward has to differentiate the field twice (double backward
-        through grid_sample or the hash gathers and MLP), which costs more time and memory. The finite
-        difference also smooths over fd_eps, which suits a piecewise-trilinear grid whose exact
-        gradient jumps at every voxel face. Zero gradient (empty space) gives the zero vector.
+        through them is an ordinary first-order backward (the grid field uses its voxel lattice as
+        the stencil instead, see GridField.raw_gradient_fd). ``autograd``: the exact d raw / d x,
+        taken with create_graph=True, so the backward has to differentiate the field twice (double
+        backward through the hash gathers and MLP), which costs more time and memory (the grid field
+        writes its exact trilinear gradient out instead). The finite difference also smooths over its
+        step, which suits a piecewise-trilinear grid whose exact gradient jumps at every voxel face.
+        Zero gradient (empty space) gives the zero vector.
         Differentiable w.r.t. the field's parameters when grad mode is on.
         """
-        if self.cfg.normals == "autograd":
-            grad = self.raw_gradient(x)
-        else:
-            eps = self.cfg.fd_eps
-            offsets = eps * torch.eye(3, dtype=x.dtype, device=x.device)  # (3, 3)
-            pts = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0)  # (6, N, 3)
-            raw = self._raw_density(pts.reshape(-1, 3)).reshape(6, -1)  # (6, N)
-            grad = ((raw[:3] - raw[3:]) / (2.0 * eps)).t()  # (N, 3)
+        grad = self.raw_gradient(x) if self.cfg.normals == "autograd" else self.raw_gradient_fd(x)
         grad = grad - (self._blob(x) / self.cfg.blob_radius**2)[:, None] * x
-        return -F.normalize(grad, dim=-1, eps=1e-12)
+        # n = -g / |g|; the 1e-24 keeps |g| = 0 (empty space) at n = 0 instead of 0 / 0
+        return -grad * torch.rsqrt((grad * grad).sum(dim=-1, keepdim=True) + 1e-24)
+
+    def raw_gradient_fd(self, x: Tensor) -> Tensor:
+        """Central differences of the network's raw density, step fd_eps: x (N, 3) -> (N, 3)."""
+        eps = self.cfg.fd_eps
+        offsets = eps * torch.eye(3, dtype=x.dtype, device=x.device)  # (3, 3)
+        pts = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0)  # (6, N, 3)
+        raw = self._raw_density(pts.reshape(-1, 3)).reshape(6, -1)  # (6, N)
+        return ((raw[:3] - raw[3:]) / (2.0 * eps)).t()
 
     def raw_gradient(self, x: Tensor) -> Tensor:
         """Exact d raw / d x (N, 3) of the network's raw density by autograd (blob not included);
@@ -187,6 +191,51 @@ class GridField(DensityField):
 
     def _raw_density(self, x: Tensor) -> Tensor:
         return sample_grid(self.density_grid, x, self.bound)[:, 0]
+
+    def raw_gradient_fd(self, x: Tensor) -> Tensor:
+        """Finite differences on the voxel lattice: central differences between neighbouring voxels
+        (step one voxel, 2 bound / (R - 1)), read trilinearly at x (N, 3) -> (N, 3).
+
+        One 3-channel lookup instead of six 1-channel ones (about half the time of the generic
+        fd_eps stencil on CPU), and the result is continuous across voxel faces, where the exact
+        gradient of trilinear interpolation jumps. fd_eps is not used by the grid field.
+        """
+        v = self.density_grid  # (1, 1, R, R, R), layout (z, y, x)
+        p = F.pad(v, (1, 1, 1, 1, 1, 1), mode="replicate")
+        two_h = 2.0 * (2.0 * self.bound / (v.shape[-1] - 1))
+        gx = p[:, :, 1:-1, 1:-1, 2:] - p[:, :, 1:-1, 1:-1, :-2]
+        gy = p[:, :, 1:-1, 2:, 1:-1] - p[:, :, 1:-1, :-2, 1:-1]
+        gz = p[:, :, 2:, 1:-1, 1:-1] - p[:, :, :-2, 1:-1, 1:-1]
+        return sample_grid(torch.cat([gx, gy, gz], dim=1) / two_h, x, self.bound)
+
+    def raw_gradient(self, x: Tensor) -> Tensor:
+        """The exact gradient of the trilinear density at x (N, 3) -> (N, 3), written out from the
+        cell's 8 voxel values. It is linear in those values, so the loss's backward through the
+        normals stays first order: no double backward through grid_sample, which some torch builds
+        do not implement (torch 2.11 with CUDA raises "derivative for grid_sampler_3d_backward is
+        not implemented")."""
+        v = self.density_grid[0, 0]  # (R, R, R), layout (z, y, x)
+        r = v.shape[-1]
+        scale = 0.5 * (r - 1) / self.bound  # voxel units per world unit
+        p = (x + self.bound) * scale  # (N, 3) continuous voxel coordinates (x, y, z)
+        base = p.detach().floor().clamp(0, r - 2)
+        f = p - base  # (N, 3) position inside the cell
+        i = base.long()
+        flat = v.reshape(-1)
+
+        def corner(dx: int, dy: int, dz: int) -> Tensor:
+            return flat[((i[:, 2] + dz) * r + (i[:, 1] + dy)) * r + (i[:, 0] + dx)]
+
+        c = {(a, b, e): corner(a, b, e) for a in (0, 1) for b in (0, 1) for e in (0, 1)}
+        fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
+
+        def lerp2(v00: Tensor, v10: Tensor, v01: Tensor, v11: Tensor, s: Tensor, t: Tensor) -> Tensor:
+            return v00 * (1 - s) * (1 - t) + v10 * s * (1 - t) + v01 * (1 - s) * t + v11 * s * t
+
+        gx = lerp2(*(c[1, b, e] - c[0, b, e] for e in (0, 1) for b in (0, 1)), fy, fz)
+        gy = lerp2(*(c[a, 1, e] - c[a, 0, e] for e in (0, 1) for a in (0, 1)), fx, fz)
+        gz = lerp2(*(c[a, b, 1] - c[a, b, 0] for b in (0, 1) for a in (0, 1)), fx, fy)
+        return torch.stack([gx, gy, gz], dim=-1) * scale
 
     def _raw_all(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # one grid_sample over all channels is cheaper than two (the index math is shared)

@@ -18,8 +18,13 @@ Two sampling paths render the same image:
   step cfg.render_step_size through occupied cells only, culling samples behind opaque ones
   (transmittance < cfg.early_stop_eps); weights and sums through nerfacc's packed functions.
 
-Both agree up to quadrature error: tests/test_scene_render.py checks max |rgb difference| < 0.03 on
-CUDA for a smooth blob field (dense 1024 samples vs packed step 0.002).
+Both agree up to quadrature error: tests/test_scene_render.py asserts max |rgb difference| < 0.03
+and mean < 0.003 on CUDA for a smooth blob field (dense 1024 samples vs packed step 0.002); an H100
+measured max 2e-4, mean 1e-5, with 433k packed samples against 8.05M dense ones.
+
+The renderer reads two optional attributes of the field: ``bound`` (the scene box is
+[-bound, bound]^3; 1.0 without it) and ``bounding_radius`` (density is zero outside that sphere, so
+the dense path skips those samples; 0 or absent = no skipping).
 """
 
 from __future__ import annotations
@@ -98,20 +103,21 @@ def _field_at(field: nn.Module, x: Tensor, keep: Tensor | None) -> tuple[Tensor,
     """field(x) at x (N, 3), evaluated only where keep (N,) is True (zeros elsewhere)."""
     if keep is None:
         return field(x)
-    sigma = x.new_zeros(x.shape[0])
-    albedo = x.new_zeros(x.shape[0], 3)
-    if bool(keep.any()):
-        s, a = field(x[keep])
-        sigma = sigma.masked_scatter(keep, s)
-        albedo = albedo.masked_scatter(keep[:, None], a)
+    idx = keep.nonzero().squeeze(1)  # index_select/index_copy: much faster than boolean masks on CPU
+    if idx.numel() == 0:
+        return x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0], 3)
+    s, a = field(x.index_select(0, idx))
+    sigma = x.new_zeros(x.shape[0]).index_copy(0, idx, s)
+    albedo = x.new_zeros(x.shape[0], 3).index_copy(0, idx, a)
     return sigma, albedo
 
 
 def _normals_at(field: nn.Module, x: Tensor, keep: Tensor) -> Tensor:
     """field.normals at x (N, 3) where keep (N,) is True, zeros elsewhere."""
+    idx = keep.nonzero().squeeze(1)
     normals = x.new_zeros(x.shape[0], 3)
-    if bool(keep.any()):
-        normals = normals.masked_scatter(keep[:, None], field.normals(x[keep]))
+    if idx.numel() > 0:
+        normals = normals.index_copy(0, idx, field.normals(x.index_select(0, idx)))
     return normals
 
 
@@ -122,6 +128,7 @@ def _render_dense(
     light: Tensor,
     cfg: RenderConfig,
     bound: float,
+    radius: float,
     shading: str,
     occupancy: OccupancyGrid | None,
     stratified: bool,
@@ -141,6 +148,9 @@ def _render_dense(
     t = t_starts + u * (t_ends - t_starts)  # (N, S) sample positions
     x = (o[:, None, :] + t[..., None] * d[:, None, :]).reshape(-1, 3)  # (N S, 3)
     keep = occupancy.occupied(x) if occupancy is not None else None
+    if radius > 0:  # the field is zero outside its bounding sphere: skip those samples
+        inside = (x * x).sum(dim=-1) < radius * radius
+        keep = inside if keep is None else keep & inside
 
     sigma, albedo = _field_at(field, x, keep)  # (N S,), (N S, 3)
     weights, _, _ = compute_weights(t_starts, t_ends, sigma.reshape(n, s))  # (N, S)
@@ -152,15 +162,13 @@ def _render_dense(
     color = shade(albedo, normals, _light_dirs(x, lights), shading, cfg.ambient, cfg.diffuse)
     orient = weights.detach() * ((normals * dirs).sum(-1).clamp(min=0.0) ** 2).reshape(n, s)
 
-    acc = nerfacc.accumulate_along_rays
-    values = torch.cat([color, albedo, normals], dim=-1).reshape(n, s, 9)
-    summed = acc(weights, values)  # (N, 9)
-    opacity = acc(weights, None)  # (N, 1)
-    depth = acc(weights, t[..., None]) / opacity.clamp(min=1e-10)
+    acc = nerfacc.accumulate_along_rays  # sum_i w_i v_i over (N, S) samples
+    opacity = weights.sum(dim=-1, keepdim=True)  # (N, 1)
+    depth = (weights * t).sum(dim=-1, keepdim=True) / opacity.clamp(min=1e-10)
     return {
-        "color": summed[:, 0:3],
-        "albedo": summed[:, 3:6],
-        "normal": summed[:, 6:9],
+        "color": acc(weights, color.reshape(n, s, 3)),
+        "albedo": acc(weights, albedo.reshape(n, s, 3)),
+        "normal": acc(weights, normals.reshape(n, s, 3)),
         "opacity": opacity,
         "depth": depth,
         "orientation": orient.sum(-1),
@@ -247,6 +255,7 @@ def render_rays(
     """
     check_shading(shading)
     bound = float(getattr(field, "bound", 1.0))
+    radius = float(getattr(field, "bounding_radius", 0.0))
     packed = occupancy is not None and origins.is_cuda
     parts = []
     for start in range(0, origins.shape[0], max(cfg.chunk, 1)):
@@ -256,7 +265,7 @@ def render_rays(
             assert occupancy is not None
             parts.append(_render_packed(field, o, d, lp, cfg, bound, shading, occupancy, stratified))
         else:
-            parts.append(_render_dense(field, o, d, lp, cfg, bound, shading, occupancy, stratified, generator))
+            parts.append(_render_dense(field, o, d, lp, cfg, bound, radius, shading, occupancy, stratified, generator))
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "n_samples"}
     out["n_samples"] = sum(p["n_samples"] for p in parts)
     out["rgb"] = out.pop("color") + (1.0 - out["opacity"]) * background(directions)
@@ -279,7 +288,8 @@ def render(
     """Render B cameras at H x W.
 
     field: any module with field(x (N, 3)) -> (sigma (N,), albedo (N, 3)), .density(x) and .normals(x);
-        the scene box is [-field.bound, field.bound]^3 (bound 1.0 if the field has no ``bound``).
+        the scene box is [-field.bound, field.bound]^3 (bound 1.0 if the field has no ``bound``), and
+        samples outside field.bounding_radius (if it has one, > 0) are skipped.
     shading: "albedo", "lambertian" or "textureless" (see shading.py); the light is cams.light_pos.
     occupancy: an OccupancyGrid; on CUDA it switches to nerfacc's packed marching, on CPU it skips
         the field in empty cells of the dense samples.
