@@ -158,8 +158,8 @@ def _render_dense(
     need = w_flat.detach() > cfg.normal_weight_threshold
     normals = _normals_at(field, x, need)  # (N S, 3)
     dirs = d[:, None, :].expand(n, s, 3).reshape(-1, 3)
-    lights = light[:, None, :].expand(n, s, 3).reshape(-1, 3)
-    color = shade(albedo, normals, _light_dirs(x, lights), shading, cfg.ambient, cfg.diffuse)
+    lights = None if shading == "albedo" else _light_dirs(x, light[:, None, :].expand(n, s, 3).reshape(-1, 3))
+    color = shade(albedo, normals, lights, shading, cfg.ambient, cfg.diffuse)
     orient = weights.detach() * ((normals * dirs).sum(-1).clamp(min=0.0) ** 2).reshape(n, s)
 
     acc = nerfacc.accumulate_along_rays  # sum_i w_i v_i over (N, S) samples
@@ -216,7 +216,8 @@ def _render_packed(
     need = weights.detach() > cfg.normal_weight_threshold
     normals = _normals_at(field, x, need)
     dirs = d[ray_indices]
-    color = shade(albedo, normals, _light_dirs(x, light[ray_indices]), shading, cfg.ambient, cfg.diffuse)
+    lights = None if shading == "albedo" else _light_dirs(x, light[ray_indices])
+    color = shade(albedo, normals, lights, shading, cfg.ambient, cfg.diffuse)
     orient_w = weights.detach() * (normals * dirs).sum(-1).clamp(min=0.0) ** 2
 
     acc = nerfacc.accumulate_along_rays
