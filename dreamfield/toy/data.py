@@ -169,25 +169,24 @@ def render_pairs(
 ) -> dict[str, torch.Tensor]:
     """Fresh renders (each image its own camera) for a list of pairs, for tests and evaluation.
 
-    Returns images (N, 3, H, W), colour (N,), shape (N,), azimuth (N,), elevation (N,) with N = P * views.
+    Returns images (N, 3, H, W), colour (N,), shape (N,), azimuth (N,), elevation (N,) with N = P * views,
+    in the order of ``pairs`` (pair-major). The pairs of one shape are traced in one batch.
     """
     g = torch.Generator().manual_seed(seed)
-    imgs, cols, shs, azs, els = [], [], [], [], []
-    table = colour_table(device)
-    for c, s in pairs:
-        v = sample_views(views_per_pair, g, device=device)
-        geo = render_geometry(s, v, size=size)
-        ci = COLOUR_NAMES.index(c)
-        imgs.append(colourise(geo, table[ci].expand(views_per_pair, 3)))
-        cols.append(torch.full((views_per_pair,), ci, dtype=torch.long))
-        shs.append(torch.full((views_per_pair,), SHAPES.index(s), dtype=torch.long))
-        azs.append(v.azimuth_deg.cpu())
-        els.append(v.elevation_deg.cpu())
+    n = views_per_pair
+    views = sample_views(len(pairs) * n, g, device=device)
+    shape_idx = torch.tensor([SHAPES.index(s) for _, s in pairs]).repeat_interleave(n)
+    colour_idx = torch.tensor([COLOUR_NAMES.index(c) for c, _ in pairs]).repeat_interleave(n)
+    geo = torch.empty(len(shape_idx), 2, size, size, device=device)
+    for k, shape in enumerate(SHAPES):
+        sel = torch.nonzero(shape_idx == k).squeeze(1)
+        if sel.numel():
+            geo[sel.to(device)] = render_geometry(shape, views[sel.to(device)], size=size).to(geo.dtype)
+    images = colourise(geo, colour_table(device)[colour_idx.to(device)])
     return dict(
-        images=torch.cat(imgs),
-        colour=torch.cat(cols),
-        shape=torch.cat(shs),
-        azimuth=torch.cat(azs),
-        elevation=torch.cat(els),
+        images=images,
+        colour=colour_idx,
+        shape=shape_idx,
+        azimuth=views.azimuth_deg.cpu(),
+        elevation=views.elevation_deg.cpu(),
     )
-
