@@ -104,3 +104,34 @@ def test_schedule_and_clock():
     clock = training.Clock(max_steps=10, budget=100.0, elapsed=50.0)
     assert clock.progress(0) == pytest.approx(0.5, abs=0.01)
     assert clock.progress(8) == pytest.approx(0.8)
+
+
+def test_ema_follows_the_formula():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = training.EMA(model)
+    before = {k: v.clone() for k, v in ema.state.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(0.9)
+    for k, v in model.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(ema.state[k], 0.9 * before[k] + 0.1 * v)
+        else:  # integer buffers (num_batches_tracked) are left as they were
+            assert torch.equal(ema.state[k], before[k])
+
+
+def test_interrupted_unet_stage_continues(trained, capsys):
+    """A checkpoint left by an interrupted run (done=False) is continued up to the step count."""
+    work = trained["work"]
+    ck = torch.load(work / "unet.ckpt", weights_only=True)
+    ck["done"] = False
+    torch.save(ck, work / "unet.ckpt")
+    cfg = tiny_config()
+    cfg.unet_steps = 3
+    unet, text, scale, report = training.train_unet(cfg, trained["vae"], trained["bank"], trained["tok"], work,
+                                                    resume=True, budget=None)
+    assert "unet: resumed at step 2 (running)" in capsys.readouterr().out
+    assert report["steps"] == 3 and scale == pytest.approx(trained["scale"])
+    assert torch.load(work / "unet.ckpt", weights_only=True)["done"]

@@ -128,7 +128,7 @@ def make_geometry_bank(
         it = tqdm(SHAPES, desc="render", unit="shape")
     for shape in it:
         v = sample_views(views_per_shape, g, device=device)
-        maps.append(render_geometry(shape, v, size=size, chunk=256 if str(device).startswith("cuda") else 32))
+        maps.append(render_geometry(shape, v, size=size, chunk=500 if str(device).startswith("cuda") else 32))
         az.append(v.azimuth_deg)
         el.append(v.elevation_deg)
     return GeometryBank(torch.stack(maps), torch.stack(az), torch.stack(el))
