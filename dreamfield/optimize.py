@@ -258,6 +258,13 @@ def optimize(
         )
         if edit is not None and cfg.loss.preserve > 0:
             loss = loss + cfg.loss.preserve * torch.mean((out.rgb - src_out.rgb) ** 2)
+        if edit is not None and cfg.edit.anchor_density > 0:
+            # density anchoring (edit.py): |log(1 + sigma) - log(1 + sigma_src)|^2 at random points of the box
+            x = ((torch.rand(cfg.edit.anchor_points, 3, generator=generator) * 2 - 1) * cfg.field.bound).to(device)
+            with torch.no_grad():
+                sigma_src = edit.scene.field.density(x)
+            loss_anchor = torch.mean((torch.log1p(scene.field.density(x)) - torch.log1p(sigma_src)) ** 2)
+            loss = loss + cfg.edit.anchor_density * loss_anchor
         if not torch.isfinite(loss):
             bar.close()
             raise NonFiniteLossError(
