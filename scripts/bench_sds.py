@@ -103,11 +103,9 @@ def prior_cost(prior, text, batch: int, res: int, guidance: float, warmup: int, 
         z.backward(eps)
         rgb.grad = None
 
-    return {
-        "prior_ms": ms(timed(both, dev, warmup, steps)),
-        "unet_ms": ms(timed(unet_only, dev, warmup, steps)),
-        "vae_fwd_bwd_ms": ms(timed(vae_only, dev, warmup, steps)),
-    }
+    unet_ms = ms(timed(unet_only, dev, warmup, steps))
+    vae_ms = ms(timed(vae_only, dev, warmup, steps))
+    return {"prior_ms": ms(timed(both, dev, warmup, steps)), "unet_ms": unet_ms, "vae_fwd_bwd_ms": vae_ms}
 
 
 # ------------------------------------------------------------------------------------------- 2
@@ -152,6 +150,8 @@ def phase_breakdown(
 ) -> dict:
     """The loop's step written out phase by phase (as in dreamfield/optimize.py), CUDA-event timed.
 
+    The occupancy-grid update (every cfg.render.occ_update_every steps) is counted in "render".
+
     Returns median ms per phase; writes a torch.profiler table of ``profile_steps`` steps to ``profile_path``.
     """
     from dreamfield.distill import entropy_loss, grad_to_loss, opacity_loss, sample_timesteps, sds_grad
@@ -167,7 +167,6 @@ def phase_breakdown(
         from dreamfield.scene.occupancy import OccupancyGrid
 
         occupancy = OccupancyGrid(cfg.render, cfg.field.bound).to(dev)
-        occupancy.refresh(scene.field)
     gen = torch.Generator(device="cpu").manual_seed(0)
     total = warmup + steps + profile_steps + 1
     res = cfg.render.resolution
@@ -189,14 +188,16 @@ def phase_breakdown(
         mark(0)
         cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, gen, dev)
         shading = choose_shading(cfg.render, gen)
-        out = render(scene.field, cams, res, res, cfg.render, scene.background, shading, occupancy)
+        if occupancy is not None:
+            occupancy.update(i, scene.field)
+        out = render(scene.field, cams, res, res, cfg.render, scene.background, shading, occupancy, generator=gen)
         mark(1)
         z = prior.encode(out.rgb)
         mark(2)
         t = sample_timesteps(z.shape[0], i, total, cfg.guidance, prior.schedule.num_train_timesteps, gen, z.device)
         noise = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
         text = prior.embed(prompts_for(prompt, cams, cfg.prior.view_dependent), cfg.prior.negative_prompt)
-        g = sds_grad(prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip)
+        g = sds_grad(prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip, step=i)
         mark(3)
         loss = (
             cfg.loss.sds * grad_to_loss(z, g)
@@ -204,13 +205,13 @@ def phase_breakdown(
             + cfg.loss.entropy * entropy_loss(out.opacity)
             + cfg.loss.orientation * out.orientation
         )
+        if not torch.isfinite(loss):  # the loop checks too (a device sync, as there)
+            raise FloatingPointError(f"loss is {loss.item()} at step {i}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         mark(4)
         optimizer.step()
         mark(5)
-        if occupancy is not None:
-            occupancy.update(i, scene.field)
         if record:
             n_samples.append(out.n_samples)
             if cuda:
