@@ -33,6 +33,7 @@ from dreamfield.toy import training  # noqa: E402
 from dreamfield.toy.training import TrainConfig  # noqa: E402
 
 STAGES = ("classifier", "vae", "unet")
+CPU_VAE_BATCH, CPU_UNET_BATCH = 32, 64
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--views-per-shape", type=int, default=None, help=f"renders per shape (default {d.views_per_shape}; CPU 300)")
     p.add_argument("--clf-steps", type=int, default=d.clf_steps)
     p.add_argument("--vae-steps", type=int, default=d.vae_steps)
-    p.add_argument("--vae-batch", type=int, default=d.vae_batch)
+    p.add_argument("--vae-batch", type=int, default=None, help=f"default {d.vae_batch} (CPU {CPU_VAE_BATCH})")
     p.add_argument("--unet-steps", type=int, default=d.unet_steps)
-    p.add_argument("--unet-batch", type=int, default=d.unet_batch)
+    p.add_argument("--unet-batch", type=int, default=None, help=f"default {d.unet_batch} (CPU {CPU_UNET_BATCH})")
     p.add_argument("--checkpoint-every", type=float, default=d.checkpoint_every, help="seconds")
     return p.parse_args(argv)
 
@@ -70,13 +71,15 @@ def make_config(a: argparse.Namespace) -> TrainConfig:
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
     cfg = TrainConfig(
         seed=a.seed, device=a.device, amp=a.amp, time_budget=a.time_budget, checkpoint_every=a.checkpoint_every,
-        clf_steps=a.clf_steps, vae_steps=a.vae_steps, vae_batch=a.vae_batch, unet_steps=a.unet_steps,
-        unet_batch=a.unet_batch, stages=stages,
+        clf_steps=a.clf_steps, vae_steps=a.vae_steps, unet_steps=a.unet_steps, stages=stages,
     )
-    if a.views_per_shape is not None:
-        cfg.views_per_shape = a.views_per_shape
-    elif not a.device.startswith("cuda"):
-        cfg.views_per_shape = 300
+    cpu = not a.device.startswith("cuda")
+    # Smaller batches and fewer renders on a CPU (the prototype's settings: VAE 32, UNet 64, 300 views).
+    cfg.views_per_shape = a.views_per_shape or (300 if cpu else cfg.views_per_shape)
+    cfg.vae_batch = a.vae_batch or (CPU_VAE_BATCH if cpu else cfg.vae_batch)
+    cfg.unet_batch = a.unet_batch or (CPU_UNET_BATCH if cpu else cfg.unet_batch)
+    if cpu:
+        cfg.unet_lr = 5e-4
     if a.smoke:
         training.smoke_config(cfg)
     return cfg
