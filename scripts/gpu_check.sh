@@ -27,6 +27,7 @@ OUT=${OUT:-$(mktemp -d /tmp/gpu_check_out.XXXXXX)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu_check_work.XXXXXX)
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+TEE_PID=$!
 echo "gpu_check: repo $REPO, OUT $OUT, work $WORK, budget ${BUDGET}s, steps $STEPS"
 
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false
@@ -189,8 +190,9 @@ step_pytest() {
         # dry run: collect every test file (imports, fixtures' modules) without running the CPU suite
         args=(-q --collect-only -p no:cacheprovider)
     fi
+    # xdist workers share the 16 cores: 2 torch threads each keeps the CPU tests from oversubscribing
     # shellcheck disable=SC2086
-    "$PY" -m pytest "${args[@]}" ${GPU_CHECK_PYTEST_ARGS:-} tests 2>&1 | tee "$WORK/pytest.log"
+    OMP_NUM_THREADS=2 "$PY" -m pytest "${args[@]}" ${GPU_CHECK_PYTEST_ARGS:-} tests 2>&1 | tee "$WORK/pytest.log"
     local rc=${PIPESTATUS[0]}
     cp "$WORK/pytest.log" "$OUT/pytest.log"
     return "$rc"
@@ -251,5 +253,13 @@ run_step generate 150 step_generate
 
 echo
 echo "=== report ($(elapsed)s elapsed)"
-"$PY" scripts/gpu_report.py "$WORK" "$OUT" || python3 scripts/gpu_report.py "$WORK" "$OUT"
+"$PY" scripts/gpu_report.py "$WORK" "$OUT" >/dev/null || python3 scripts/gpu_report.py "$WORK" "$OUT" >/dev/null
+if grep -q MISSED "$OUT/gpu_report.md" 2>/dev/null && [ -s "$OUT/sds_profile.txt" ]; then
+    echo "--- a goal was missed: where the time goes (top ops of 3 SDS steps; all of it in sds_profile.txt)"
+    head -22 "$OUT/sds_profile.txt" | cut -c1-200
+fi
 echo "gpu_check: done in $(elapsed)s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+echo
+cat "$OUT/gpu_report.md" 2>/dev/null || echo "no report was written"
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null
