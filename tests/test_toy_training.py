@@ -135,3 +135,11 @@ def test_interrupted_unet_stage_continues(trained, capsys):
     assert "unet: resumed at step 2 (running)" in capsys.readouterr().out
     assert report["steps"] == 3 and scale == pytest.approx(trained["scale"])
     assert torch.load(work / "unet.ckpt", weights_only=True)["done"]
+
+
+def test_same_seed_same_vae(trained, tmp_path):
+    """The run is reproducible from its seed (CPU): a second VAE stage gives identical weights."""
+    vae, report = training.train_vae(tiny_config(), trained["bank"], tmp_path, resume=False, budget=None)
+    assert report["psnr_train_pairs"] == trained["vae_report"]["psnr_train_pairs"]
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, trained["vae"].state_dict()[k])

@@ -249,6 +249,7 @@ def train_vae(cfg: TrainConfig, bank: toy_data.GeometryBank, work: Path, resume:
     from tqdm.auto import tqdm
 
     dev = bank.maps.device
+    torch.manual_seed(cfg.seed + 5)  # module initialisers use the global RNG
     vae = build_vae(cfg).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0, fused=dev.type == "cuda")
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
