@@ -14,6 +14,9 @@
 #   pytest    the test suite on this machine (GPU tests included), log in $OUT/pytest.log
 #   generate  `dreamfield generate "a red cube"` with the embedded toy prior, then a mesh export
 #   report    scripts/gpu_report.py: $OUT/gpu_report.md and $OUT/results.json, table printed last
+# The device call (after `bash scripts/fetch_gpu_wheels.sh` here): command "bash scripts/gpu_check.sh",
+# carry [".whl"], timeout_s 600; files back in $OUT: gpu_check.log, pytest.log, gpu_report.md,
+# results.json, sds_profile.txt, red_cube.glb.
 # GPU_CHECK_STEPS=build,sds,... runs a subset. Without CUDA (a CPU dry run) every step runs a reduced
 # version that checks the code path and no timing is meaningful.
 set -u -o pipefail
