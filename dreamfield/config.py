@@ -120,6 +120,7 @@ class GuidanceConfig:
     t_max: float = 0.98
     t_max_end: Optional[float] = None  # anneal t_max linearly to this value; None = no annealing
     anneal_steps: int = 0  # steps over which t_max anneals (0 = the whole run)
+    space: str = "image"  # "latent" (SDS through the VAE encoder, DreamFusion) or "image" (decoded x0 target, HiFA)
     weighting: str = "sds"  # w(t): "sds" (1 - abar_t, threestudio), "uniform" (1), "snr_sqrt" (sqrt(abar_t (1 - abar_t)))
     grad_clip: Optional[float] = None  # clip |g| elementwise to this value (> 0); None = off
     batch_size: int = 1
@@ -303,6 +304,7 @@ def validate(cfg: Config) -> None:
     choice("field.normals", cfg.field.normals, ("finite_difference", "autograd"))
     choice("field.grid_decoder", cfg.field.grid_decoder, ("direct", "mlp"))
     choice("render.background", cfg.render.background, ("constant", "mlp"))
+    choice("guidance.space", cfg.guidance.space, ("latent", "image"))
     choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
     choice("edit.method", cfg.edit.method, ("dds", "pds"))
     choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))

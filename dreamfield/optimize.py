@@ -22,12 +22,13 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamfield.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamfield.config import Config, save_config
-from dreamfield.distill import dds_grad, grad_to_loss, sample_timesteps, sds_grad
+from dreamfield.distill import dds_grad, grad_to_loss, sample_timesteps, sds_grad, sds_image_target, weight
 from dreamfield.distill import entropy_loss, opacity_loss
 from dreamfield.prior import view_prompt
 from dreamfield.scene.background import make_background
@@ -221,32 +222,40 @@ def optimize(
         out: RenderOut = render(
             scene.field, cams, res, res, cfg.render, scene.background, shading, occupancy, generator=generator
         )
-        z = prior.encode(out.rgb)  # (B, C, h, w), differentiable
+        latent_space = cfg.guidance.space == "latent" or edit is not None
+        with torch.set_grad_enabled(latent_space):
+            z = prior.encode(out.rgb)  # (B, C, h, w); differentiable only when the loss lives on latents
 
         # 3. timestep and noise (shared by both DDS branches), text embeddings per view
         t = sample_timesteps(z.shape[0], step, total, cfg.guidance, prior.schedule.num_train_timesteps, generator, z.device)
         noise = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)
         text = prior.embed(prompts_for(prompt, cams, cfg.prior.view_dependent), cfg.prior.negative_prompt)
+        gs = cfg.prior.guidance_scale
 
-        # 4. the distillation gradient on the latents: SDS, or DDS against the frozen source
-        if edit is None:
-            g = sds_grad(
-                prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step
-            )
-        else:
+        # 4. the distillation term: SDS on latents, SDS against an image-space target, or DDS vs the source
+        if edit is not None:
             with torch.no_grad():
                 src_out = render(
                     edit.scene.field, cams, res, res, cfg.render, edit.scene.background, shading, stratified=False
                 )
                 z_src = prior.encode(src_out.rgb)
             source_text = prior.embed(prompts_for(edit.source_prompt, cams, cfg.prior.view_dependent), cfg.prior.negative_prompt)
-            g = dds_grad(
-                prior, z, z_src, text, source_text, t, noise,
-                cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step,
-            )
+            g = dds_grad(prior, z, z_src, text, source_text, t, noise, gs, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
+            loss_distill = grad_to_loss(z, g)
+            distill_norm = float(g.norm())
+        elif latent_space:
+            g = sds_grad(prior, z, text, t, noise, gs, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
+            loss_distill = grad_to_loss(z, g)  # backward delivers exactly g to z (DreamFusion Eq. 3)
+            distill_norm = float(g.norm())
+        else:
+            target = sds_image_target(prior, z, text, t, noise, gs, step=step)  # (B, 3, S, S) at native size
+            if target.shape[-1] != res:
+                target = F.interpolate(target, size=(res, res), mode="area")
+            w = weight(prior.schedule, t, cfg.guidance.weighting).to(target).view(-1, 1, 1, 1)
+            loss_distill = 0.5 * (w * (out.rgb - target) ** 2).sum()
+            distill_norm = float((out.rgb - target).detach().norm())
 
         # 5. the loss: distillation term plus regularisers, summed explicitly with their weights
-        loss_distill = grad_to_loss(z, g)
         loss_opacity = opacity_loss(out.opacity)
         loss_entropy = entropy_loss(out.opacity)
         loss_orient = out.orientation
@@ -282,7 +291,7 @@ def optimize(
         rec = {
             "step": step,
             "loss": float(loss.detach()),
-            "grad_norm": float(g.norm()),
+            "distill_norm": distill_norm,
             "opacity": float(loss_opacity.detach()),
             "entropy": float(loss_entropy.detach()),
             "orientation": float(loss_orient.detach()),
