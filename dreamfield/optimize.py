@@ -251,8 +251,10 @@ def optimize(
             target = sds_image_target(prior, z, text, t, noise, gs, step=step)  # (B, 3, S, S) at native size
             if target.shape[-1] != res:
                 target = F.interpolate(target, size=(res, res), mode="area")
-            w = weight(prior.schedule, t, cfg.guidance.weighting).to(target).view(-1, 1, 1, 1)
-            loss_distill = 0.5 * (w * (out.rgb - target) ** 2).sum()
+            # latent SDS is w(t)(eps_hat - eps) = w(t) sqrt(abar/(1 - abar)) (z - x0_hat): the same per-t strength here
+            abar = prior.schedule.alphas_cumprod.to(t.device)[t]
+            w = weight(prior.schedule, t, cfg.guidance.weighting).double() * (abar / (1 - abar)).sqrt()
+            loss_distill = 0.5 * (w.to(target).view(-1, 1, 1, 1) * (out.rgb - target) ** 2).sum()
             distill_norm = float((out.rgb - target).detach().norm())
 
         # 5. the loss: distillation term plus regularisers, summed explicitly with their weights

@@ -175,32 +175,13 @@ def _search_key(obj, key: str):
 
 
 def run_prompt(run: Path):
-    """The prompt of a run folder: prompt.txt, a "prompt" key in config.yaml / run.json / metrics.jsonl,
-    else the folder name. Returns (prompt text, (colour, shape) or None)."""
+    """The prompt of a run folder (prompt.json written by ``dreamfield generate``/``edit``; for an edit,
+    the target prompt), else the folder name. Returns (prompt text, (colour, shape) or None)."""
     candidates = []
-    if (run / "prompt.txt").is_file():
-        candidates.append((run / "prompt.txt").read_text().strip())
-    for name in ("config.yaml", "run.json", "meta.json"):
-        p = run / name
-        if p.is_file():
-            import yaml
-
-            try:
-                found = _search_key(yaml.safe_load(p.read_text()), "prompt")
-            except yaml.YAMLError:
-                found = None
-            if found:
-                candidates.append(found)
-    m = run / "metrics.jsonl"
-    if m.is_file():
-        for line in m.read_text().splitlines()[:5]:
-            try:
-                found = _search_key(json.loads(line), "prompt")
-            except json.JSONDecodeError:
-                continue
-            if found:
-                candidates.append(found)
-                break
+    meta = run / "prompt.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        candidates += [data[k] for k in ("target_prompt", "prompt") if isinstance(data.get(k), str)]
     candidates.append(run.name)
     for c in candidates:
         pair = find_pair(c)
@@ -210,21 +191,12 @@ def run_prompt(run: Path):
 
 
 def run_wall_time(run: Path):
-    """Seconds of optimisation read from metrics.jsonl (largest of the time-like fields), or None."""
-    m = run / "metrics.jsonl"
-    if not m.is_file():
+    """Seconds of optimisation plus export, from timing.json written by the CLI, or None."""
+    timing = run / "timing.json"
+    if not timing.is_file():
         return None
-    best = None
-    for line in m.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for key in ("wall_s", "elapsed_s", "elapsed", "wall", "time_s", "seconds"):
-            v = rec.get(key) if isinstance(rec, dict) else None
-            if isinstance(v, (int, float)):
-                best = v if best is None else max(best, v)
-    return best
+    data = json.loads(timing.read_text())
+    return float(data.get("optimize_seconds", 0.0)) + float(data.get("export_seconds", 0.0))
 
 
 def score_runs(runs: list[Path], wall_times: dict | None = None) -> dict:
