@@ -23,12 +23,20 @@ Preservation (both off by default; configs/edit.yaml):
 - ``loss.preserve``: mean squared difference of the edited and the source renders of the step.
   DDS alone has no term that holds what the prompts don't mention; with an imperfect prior the
   residual of the two noise predictions drifts parts of the scene the edit should not touch. This
-  term pulls every pixel back, the edited ones included, so it trades edit strength for fidelity:
-  keep it small (0.1 - 1 with the sum-reduced distillation loss).
+  term pulls every pixel back, the edited ones included, so its weight trades edit strength for
+  fidelity (it is a mean over pixels, the distillation term a sum over latents).
 - ``edit.anchor_density``: |log(1 + sigma_edit) - log(1 + sigma_source)|^2 at random points of
   the box. An appearance edit ("red" -> "blue") should not change the geometry, but the
   distillation gradient reaches the density through every rendered pixel; anchoring the density
   keeps the shape while leaving the albedo free. The log keeps dense interiors from dominating.
+
+``--method pds`` (Posterior Distillation Sampling, Koo et al. 2024) is not implemented. Its
+gradient is the difference of the two "stochastic latents" (x_{t-1} - mu_phi(x_t)) / sigma_t with
+x_t and x_{t-1} drawn from q(. | x_0) with noises shared between source and target. Written out,
+the x_0 terms cancel exactly whenever mu_phi is the DDPM posterior mean between those two
+timesteps, leaving DDS reweighted by c_0 sqrt((1 - abar_t) / abar_t) / sigma_t; the source-pulling
+x_0 term of the reference code comes from taking one-step beta_t with a two-step t_prev. Adding it
+faithfully means choosing which of the two to reproduce, so it is left out rather than guessed.
 
 Outputs, as for ``generate``: ``config.yaml``, ``prompt.json``, ``metrics.jsonl``, ``previews/``,
 ``checkpoints/``, ``timing.json``, the export (``mesh.glb``, ``turntable.mp4``, ``views.png``), and
