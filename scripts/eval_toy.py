@@ -157,23 +157,6 @@ def find_pair(text: str):
     return (colours[0], shapes[0]) if colours and shapes else None
 
 
-def _search_key(obj, key: str):
-    """First value under ``key`` anywhere in nested dicts/lists."""
-    if isinstance(obj, dict):
-        if key in obj and isinstance(obj[key], str):
-            return obj[key]
-        for v in obj.values():
-            found = _search_key(v, key)
-            if found is not None:
-                return found
-    if isinstance(obj, list):
-        for v in obj:
-            found = _search_key(v, key)
-            if found is not None:
-                return found
-    return None
-
-
 def run_prompt(run: Path):
     """The prompt of a run folder (prompt.json written by ``dreamfield generate``/``edit``; for an edit,
     the target prompt), else the folder name. Returns (prompt text, (colour, shape) or None)."""

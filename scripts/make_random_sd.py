@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from dreamfield.prior.folder import write_pipeline_index
+
 # ---------------------------------------------------------------------------------------------
 # Published architecture of stabilityai/stable-diffusion-2-1-base (diffusers layout).
 
@@ -170,7 +172,6 @@ def make_random_sd(out: Path, tiny: bool, text_encoder: str, device: str, dtype:
 
     Returns a summary: parameter counts, bytes on disk, seconds to build and to save.
     """
-    import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -200,22 +201,7 @@ def make_random_sd(out: Path, tiny: bool, text_encoder: str, device: str, dtype:
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_model)):
         model.to("cpu", dtype)  # safetensors files are written from host memory
         model.save_pretrained(out / name, safe_serialization=True)
-    (out / "scheduler").mkdir(exist_ok=True)
-    scheduler = {**SD21_BASE_SCHEDULER, "_diffusers_version": diffusers.__version__}
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=1))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=1))
+    write_pipeline_index(out, SD21_BASE_SCHEDULER)
     t_save = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {

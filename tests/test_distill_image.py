@@ -3,7 +3,6 @@
 import torch
 
 from dreamfield.diffusion import NoiseSchedule
-from dreamfield.diffusion.analytic import GaussianData
 from dreamfield.distill import sds_image_target
 from dreamfield.prior import GaussianPrior
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfield.prior.folder import write_pipeline_index
 from dreamfield.prior.tokenizer import build_bpe_vocab, special_token_ids, write_clip_tokenizer
 
 WORDS = (
@@ -41,7 +42,6 @@ def build_tiny_sd(folder: str | Path, prediction_type: str = "epsilon", seed: in
     ``model_index.json`` as JSON, so ``StableDiffusionPipeline.from_pretrained`` loads the folder.
     The global RNG is left untouched (weights come from a forked RNG seeded with ``seed``).
     """
-    import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -92,22 +92,7 @@ def build_tiny_sd(folder: str | Path, prediction_type: str = "epsilon", seed: in
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    (folder / "scheduler").mkdir(exist_ok=True)
-    scheduler = {**SCHEDULER, "_diffusers_version": diffusers.__version__, "prediction_type": prediction_type}
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=1))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    write_pipeline_index(folder, {**SCHEDULER, "prediction_type": prediction_type})
     return folder
 
 

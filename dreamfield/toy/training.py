@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from dreamfield.prior.folder import write_pipeline_index
 from dreamfield.diffusion import NoiseSchedule
 from dreamfield.toy import data as toy_data
 from dreamfield.toy.domain import ALL_PAIRS, COLOUR_NAMES, HELD_OUT, SHAPES, TRAIN_PAIRS, VIEW_LABELS, caption
@@ -485,7 +486,6 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer_dir: Path, sca
     """
     import shutil
 
-    import diffusers
 
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -497,23 +497,7 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer_dir: Path, sca
     vae.to("cpu", torch.float32).save_pretrained(out / "vae", safe_serialization=True)
     text_encoder.to("cpu", torch.float32).save_pretrained(out / "text_encoder", safe_serialization=True)
     shutil.copytree(tokenizer_dir, out / "tokenizer")
-    (out / "scheduler").mkdir()
-    sched = {**SCHEDULER_CONFIG, "_diffusers_version": diffusers.__version__}
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=1))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=1))
+    write_pipeline_index(out, SCHEDULER_CONFIG)
     (out / "training.json").write_text(json.dumps(info, indent=1))
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     big = {k: v for k, v in sizes.items() if v > MAX_FILE_BYTES}
