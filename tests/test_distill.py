@@ -120,7 +120,7 @@ def test_sample_timesteps_anneals_t_max():
     whole = GuidanceConfig(t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_steps=0)
     assert t_max_at(500, 1000, whole) == pytest.approx(0.74)
     # no annealing: t_max stays
-    assert t_max_at(999, 1000, GuidanceConfig()) == 0.98
+    assert t_max_at(999, 1000, GuidanceConfig(t_max=0.98, t_max_end=None)) == 0.98
 
 
 def test_sample_timesteps_caps_at_T_minus_1_and_rejects_bad_fractions():

@@ -40,7 +40,9 @@ def test_blob_init_density(kind):
 
 
 def test_exp_activation_and_no_bounding_sphere():
-    field = make_field(FieldConfig(grid_resolution=8, density_activation="exp", bounding_radius=0.0)).requires_grad_(False)
+    field = make_field(
+        FieldConfig(grid_resolution=8, density_activation="exp", bounding_radius=0.0, density_bias=-1.0)
+    ).requires_grad_(False)
     assert float(field.density(torch.zeros(1, 3))) == pytest.approx(math.exp(4.0), rel=1e-5)
     far = field.density(torch.tensor([[0.95, 0.0, 0.0]]))
     assert float(far) == pytest.approx(math.exp(-1.0 + 5.0 * math.exp(-0.95**2 / 0.08)), rel=1e-4)
