@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# One intra-op thread: the tests' tensors are small, and two threads on a 2-core machine that runs
+# anything else as well slowed some tests ten-fold (spinning OpenMP workers); one thread never did.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
