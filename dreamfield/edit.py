@@ -29,6 +29,10 @@ Preservation (both off by default; configs/edit.yaml):
   the box. An appearance edit ("red" -> "blue") should not change the geometry, but the
   distillation gradient reaches the density through every rendered pixel; anchoring the density
   keeps the shape while leaving the albedo free. The log keeps dense interiors from dominating.
+  It is a mean over edit.anchor_points uniform points of the box, most of them in empty space, so
+  it needs large weights: editing a foggy generated red cube to blue (scripts/eval_edit.py, 150
+  steps) kept a volumetric IoU with the source of 0.76 without it, 0.80 at weight 10 or 100, and
+  0.90 at 1e4, still blue. An imported (sharp) cube kept 0.9999 without it.
 
 ``--method pds`` (Posterior Distillation Sampling, Koo et al. 2024) is not implemented. Its
 gradient is the difference of the two "stochastic latents" (x_{t-1} - mu_phi(x_t)) / sigma_t with
