@@ -187,7 +187,7 @@ class EditConfig:
     mesh_fit_steps: int = 300  # Adam steps to fit a field to an imported mesh (the direct grid field needs none)
     import_radius: float = 0.7  # an imported mesh is centred and scaled so its bounding sphere has this radius
     keep_scale: bool = False  # true: keep the mesh file's own placement and units (read as glTF Y up)
-    anchor_density: float = 0.0  # weight of |log1p(sigma_edit) - log1p(sigma_source)|^2 at random points (0 = off)
+    anchor_density: float = 0.0  # weight of mean |log1p(sigma_edit) - log1p(sigma_source)|^2 at random points (0 = off; ~1e4 holds a shape)
     anchor_points: int = 4096  # random points in the box per step for anchor_density
     before_after_views: int = 6  # views on the preview orbit in before_after.png
 
