@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dreamfield.config import CameraConfig
-from dreamfield.scene.cameras import get_rays, look_at, orbit_cameras, sample_cameras, view_label
+from dreamfield.prior.text import view_label  # the one copy of the rule; sampled cameras feed it below
+from dreamfield.scene.cameras import get_rays, look_at, orbit_cameras, sample_cameras
 
 
 def test_view_label_rule_and_boundaries():

@@ -77,22 +77,6 @@ def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
     return torch.where(wrapped == -180.0, torch.full_like(wrapped, 180.0), wrapped)
 
 
-def view_label(azimuth_deg: float, elevation_deg: float) -> str:
-    """DreamFusion's view name, by the TOY_DOMAIN rule.
-
-    "overhead" when elevation > 60; else, with azimuth wrapped to (-180, 180], "front" when
-    |azimuth| <= 45, "back" when |azimuth| >= 135, otherwise "side".
-    """
-    if elevation_deg > 60.0:
-        return "overhead"
-    az = float(wrap_azimuth(torch.tensor(float(azimuth_deg), dtype=torch.float64)))
-    if abs(az) <= 45.0:
-        return "front"
-    if abs(az) >= 135.0:
-        return "back"
-    return "side"
-
-
 def _as_batch(value: float | Tensor, like: Tensor | None = None) -> Tensor:
     t = torch.as_tensor(value, dtype=torch.float32)
     if like is not None:
