@@ -22,13 +22,12 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamfield.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamfield.config import Config, save_config
-from dreamfield.distill import dds_grad, grad_to_loss, sample_timesteps, sds_grad, sds_image_target, weight
+from dreamfield.distill import dds_grad, grad_to_loss, sample_timesteps, sds_grad, sds_image_loss, sds_image_target
 from dreamfield.distill import entropy_loss, opacity_loss
 from dreamfield.prior import view_prompt
 from dreamfield.scene.background import make_background
@@ -189,7 +188,6 @@ def optimize(
         save_config(cfg, run.dir / "config.yaml")
 
     total = cfg.optim.steps
-    source_text = None
     if edit is not None:
         for p in edit.scene.field.parameters():
             p.requires_grad_(False)
@@ -241,21 +239,14 @@ def optimize(
                 z_src = prior.encode(src_out.rgb)
             source_text = prior.embed(prompts_for(edit.source_prompt, cams, cfg.prior.view_dependent), cfg.prior.negative_prompt)
             g = dds_grad(prior, z, z_src, text, source_text, t, noise, gs, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
-            loss_distill = grad_to_loss(z, g)
-            distill_norm = float(g.norm())
         elif latent_space:
             g = sds_grad(prior, z, text, t, noise, gs, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
-            loss_distill = grad_to_loss(z, g)  # backward delivers exactly g to z (DreamFusion Eq. 3)
-            distill_norm = float(g.norm())
         else:
             target = sds_image_target(prior, z, text, t, noise, gs, step=step)  # (B, 3, S, S) at native size
-            if target.shape[-1] != res:
-                target = F.interpolate(target, size=(res, res), mode="area")
-            # latent SDS is w(t)(eps_hat - eps) = w(t) sqrt(abar/(1 - abar)) (z - x0_hat): the same per-t strength here
-            abar = prior.schedule.alphas_cumprod.to(t.device)[t]
-            w = weight(prior.schedule, t, cfg.guidance.weighting).double() * (abar / (1 - abar)).sqrt()
-            loss_distill = 0.5 * (w.to(target).view(-1, 1, 1, 1) * (out.rgb - target) ** 2).sum()
-            distill_norm = float((out.rgb - target).detach().norm())
+            loss_distill = sds_image_loss(out.rgb, target, prior.schedule, t, cfg.guidance.weighting)
+            g = out.rgb.detach() - target  # logged: the pull on the image
+        if latent_space:
+            loss_distill = grad_to_loss(z, g)  # backward delivers exactly g to z (DreamFusion Eq. 3)
 
         # 5. the loss: distillation term plus regularisers, summed explicitly with their weights
         loss_opacity = opacity_loss(out.opacity)
@@ -288,22 +279,22 @@ def optimize(
         optimizer.step()
         done = step + 1
 
-        # 7. log, preview, checkpoint
+        # 7. log (host syncs only on logged steps), preview, checkpoint
         now = time.perf_counter()
-        rec = {
-            "step": step,
-            "loss": float(loss.detach()),
-            "distill_norm": distill_norm,
-            "opacity": float(loss_opacity.detach()),
-            "entropy": float(loss_entropy.detach()),
-            "orientation": float(loss_orient.detach()),
-            "t": int(t[0]),
-            "shading": shading,
-            "resolution": res,
-            "sec": now - t_last,
-        }
-        t_last = now
+        step_seconds, t_last = now - t_last, now
         if step % cfg.run.log_every == 0 or done == total:
+            rec = {
+                "step": step,
+                "loss": float(loss.detach()),
+                "distill_norm": float(g.norm()),
+                "opacity": float(loss_opacity.detach()),
+                "entropy": float(loss_entropy.detach()),
+                "orientation": float(loss_orient.detach()),
+                "t": int(t[0]),
+                "shading": shading,
+                "resolution": res,
+                "sec": step_seconds,
+            }
             run.log(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4g}", t=rec["t"], opac=f"{rec['opacity']:.3f}")
         if cfg.run.preview_every > 0 and (done % cfg.run.preview_every == 0 or done == total):

@@ -3,7 +3,7 @@
 import torch
 
 from dreamfield.diffusion import NoiseSchedule
-from dreamfield.distill import sds_image_target
+from dreamfield.distill import sds_image_loss, sds_image_target
 from dreamfield.prior import GaussianPrior
 
 
@@ -43,3 +43,15 @@ def test_image_space_sds_converges_to_the_mean():
     err = (x.detach()[0] - mu).abs()
     # measured: max error ~0.03 (noise of the last steps at lr 0.05); the start was 0.3 away at most
     assert err.max() < 0.08, err.max()
+
+
+def test_image_loss_gradient_has_the_latent_sds_strength():
+    s = NoiseSchedule()
+    rgb = torch.rand(2, 3, 8, 8, requires_grad=True)
+    target = torch.rand(2, 3, 16, 16)
+    t = torch.tensor([50, 600])
+    sds_image_loss(rgb, target, s, t, "sds").backward()
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    small = torch.nn.functional.interpolate(target, size=(8, 8), mode="area")
+    expected = (1 - abar) * (abar / (1 - abar)).sqrt() * (rgb.detach().double() - small.double())
+    assert torch.allclose(rgb.grad.double(), expected, atol=1e-6)

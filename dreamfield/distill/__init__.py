@@ -5,7 +5,7 @@ Nothing here imports diffusers: the prior is reached only through its interface
 """
 
 from dreamfield.distill.regularizers import entropy_loss, opacity_loss, orientation_penalty
-from dreamfield.distill.score import NonFiniteError, dds_grad, grad_to_loss, sds_grad, sds_image_target
+from dreamfield.distill.score import NonFiniteError, dds_grad, grad_to_loss, sds_grad, sds_image_loss, sds_image_target
 from dreamfield.distill.timesteps import WEIGHTINGS, sample_timesteps, t_max_at, timestep_range, weight
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "orientation_penalty",
     "sample_timesteps",
     "sds_grad",
+    "sds_image_loss",
     "sds_image_target",
     "t_max_at",
     "timestep_range",

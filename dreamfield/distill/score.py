@@ -187,3 +187,17 @@ def sds_image_target(
     x0 = s.predict_x0(z_t, t, eps_hat, prediction_type="epsilon")
     target = prior.decode(x0)
     return _finish(target, None, "SDS image target", t, step, {"latents": z, "eps_hat": eps_hat})
+
+
+def sds_image_loss(rgb: Tensor, target: Tensor, schedule, t: Tensor, weighting: str = "sds") -> Tensor:
+    """Scalar loss 0.5 sum_b v(t_b) |rgb_b - target_b|^2 for rgb (B, 3, H, W) and a target from
+    :func:`sds_image_target` (resized to H x W with area averaging when its size differs).
+
+    v(t) = w(t) sqrt(abar_t / (1 - abar_t)): latent SDS is w(t)(eps_hat - eps) = w(t) sqrt(abar/(1-abar)) (z - x0_hat),
+    so this gives each timestep the same strength as latent SDS with weighting ``weighting``.
+    """
+    if target.shape[-2:] != rgb.shape[-2:]:
+        target = torch.nn.functional.interpolate(target, size=rgb.shape[-2:], mode="area")
+    abar = schedule.alphas_cumprod.to(t.device)[t]
+    v = weight(schedule, t, weighting).double() * (abar / (1 - abar)).sqrt()
+    return 0.5 * (v.to(rgb).view(-1, 1, 1, 1) * (rgb - target.detach()) ** 2).sum()
