@@ -176,11 +176,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _write_timing(run_dir: Path, seconds: float) -> None:
+def _write_timing(run_dir: Path, seconds: float, key: str = "optimize_seconds", accumulate: bool = True) -> None:
+    """Record seconds in run_dir/timing.json: optimisation time adds up over resumes, export time is the last."""
     path = run_dir / "timing.json"
-    prev = json.loads(path.read_text()) if path.is_file() else {}
-    prev["optimize_seconds"] = prev.get("optimize_seconds", 0.0) + seconds
-    path.write_text(json.dumps(prev) + "\n")
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    timing[key] = (timing.get(key, 0.0) if accumulate else 0.0) + seconds
+    path.write_text(json.dumps(timing) + "\n")
 
 
 def _export(cfg, scene, run_dir: Path, device, formats=None, video: bool = True) -> None:
@@ -205,10 +206,7 @@ def _export(cfg, scene, run_dir: Path, device, formats=None, video: bool = True)
             scene.field, scene.background, cfg.render, run_dir / "views.png", 4, ex.video_resolution,
             ex.video_elevation, cam.preview_distance, cam.preview_fov,
         )
-    timing = run_dir / "timing.json"
-    prev = json.loads(timing.read_text()) if timing.is_file() else {}
-    prev["export_seconds"] = time.perf_counter() - t0
-    timing.write_text(json.dumps(prev) + "\n")
+    _write_timing(run_dir, time.perf_counter() - t0, "export_seconds", accumulate=False)
 
 
 def load_run_scene(run_dir: Path, device_name: Optional[str] = None):
