@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dreamfield.prior.folder import write_pipeline_index
+from dreamfield.prior.folder import SD_DDIM_SCHEDULER, write_pipeline_index
 from dreamfield.prior.tokenizer import build_bpe_vocab, special_token_ids, write_clip_tokenizer
 
 WORDS = (
@@ -21,17 +21,6 @@ WORDS = (
     "front side back overhead view"
 ).split()
 MAX_LENGTH = 16  # padded prompt length (77 in SD); keeps the text encoder tiny
-SCHEDULER = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
 
 
 def build_tiny_sd(folder: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -92,7 +81,7 @@ def build_tiny_sd(folder: str | Path, prediction_type: str = "epsilon", seed: in
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
-    write_pipeline_index(folder, {**SCHEDULER, "prediction_type": prediction_type})
+    write_pipeline_index(folder, {**SD_DDIM_SCHEDULER, "prediction_type": prediction_type})
     return folder
 
 

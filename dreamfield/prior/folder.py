@@ -10,6 +10,21 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+# Stable Diffusion's training schedule (scaled_linear betas 0.00085..0.012, 1000 steps, epsilon) as a
+# DDIMScheduler config: the scheduler of the embedded toy prior and of the tiny test pipeline.
+SD_DDIM_SCHEDULER: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
 
 def write_pipeline_index(folder: str | Path, scheduler_config: Mapping[str, Any]) -> Path:
     """Write ``scheduler/scheduler_config.json`` and ``model_index.json`` (StableDiffusionPipeline with

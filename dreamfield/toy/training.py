@@ -32,25 +32,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from dreamfield.prior.folder import write_pipeline_index
+from dreamfield.prior.folder import SD_DDIM_SCHEDULER, write_pipeline_index
 from dreamfield.diffusion import NoiseSchedule
 from dreamfield.toy import data as toy_data
 from dreamfield.toy.domain import ALL_PAIRS, COLOUR_NAMES, HELD_OUT, SHAPES, TRAIN_PAIRS, VIEW_LABELS, caption
 
 # The words of the prompt language; the tokenizer makes each one a single token.
 WORDS = ("a", *COLOUR_NAMES, *SHAPES, *VIEW_LABELS, "view")
-SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
 MAX_FILE_BYTES = 16 * 2**20  # the GPU machine returns files up to 16 MiB
 MAX_TOTAL_BYTES = 30 * 2**20  # the package budget for the embedded prior
 
@@ -389,8 +377,7 @@ def train_unet(cfg: TrainConfig, vae, bank, tokenizer, work: Path, resume: bool,
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01, fused=dev.type == "cuda")
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 4)
-    schedule = NoiseSchedule(**{k: SCHEDULER_CONFIG[k] for k in ("beta_schedule", "num_train_timesteps", "beta_start",
-                                                                  "beta_end", "prediction_type")})
+    schedule = NoiseSchedule.from_diffusers(SD_DDIM_SCHEDULER)
 
     train_pairs = toy_data.pairs_tensor(TRAIN_PAIRS, dev)
     latents, pair_idx, view_idx = encode_dataset(vae, bank, train_pairs)
@@ -497,7 +484,7 @@ def export_pipeline(out: Path, unet, vae, text_encoder, tokenizer_dir: Path, sca
     vae.to("cpu", torch.float32).save_pretrained(out / "vae", safe_serialization=True)
     text_encoder.to("cpu", torch.float32).save_pretrained(out / "text_encoder", safe_serialization=True)
     shutil.copytree(tokenizer_dir, out / "tokenizer")
-    write_pipeline_index(out, SCHEDULER_CONFIG)
+    write_pipeline_index(out, SD_DDIM_SCHEDULER)
     (out / "training.json").write_text(json.dumps(info, indent=1))
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     big = {k: v for k, v in sizes.items() if v > MAX_FILE_BYTES}
