@@ -24,3 +24,24 @@ def tiny_sd_v_path(tiny_sd_path, tmp_path_factory):
     from tiny_sd import with_prediction_type
 
     return with_prediction_type(tiny_sd_path, tmp_path_factory.mktemp("tiny_sd_v") / "pipe", "v_prediction")
+
+
+@pytest.fixture
+def interrupt_after():
+    """interrupt_after(n) -> a stand-in for dreamfield.optimize.optimize that stops with KeyboardInterrupt
+    (as Ctrl-C would) once n steps are done and checkpointed; patch it in to test resume."""
+    from dreamfield import optimize as opt
+
+    real = opt.optimize
+
+    def make(n: int):
+        def stopped_optimize(*args, **kwargs):
+            def on_step(done):
+                if done == n:
+                    raise KeyboardInterrupt
+
+            return real(*args, **kwargs, on_step=on_step)
+
+        return stopped_optimize
+
+    return make

@@ -59,25 +59,15 @@ def _scene_tensors(run: Path) -> dict:
     return {k: v for k, v in state["scene"]["field"].items()}
 
 
-def test_resume_is_exact(tiny_sd_path, tmp_path):
+def test_resume_is_exact(tiny_sd_path, tmp_path, interrupt_after):
     common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export", "--set", "run.checkpoint_every=1"] + FAST
     full = tmp_path / "full"
     assert main(["generate", "a blue sphere", "--out", str(full)] + common) == 0
 
     # The same run, stopped after step 2 (as Ctrl-C would), then resumed.
-    from dreamfield import optimize as opt
-
     stopped = tmp_path / "stopped"
-    real = opt.optimize
-
-    def stop_after_two(*args, **kwargs):
-        def on_step(done):
-            if done == 2:
-                raise KeyboardInterrupt
-        return real(*args, **kwargs, on_step=on_step)
-
     opt_patch = pytest.MonkeyPatch()
-    opt_patch.setattr(opt, "optimize", stop_after_two)
+    opt_patch.setattr("dreamfield.optimize.optimize", interrupt_after(2))
     try:
         assert main(["generate", "a blue sphere", "--out", str(stopped)] + common) == 130
     finally:

@@ -84,7 +84,7 @@ def test_edit_a_run_folder_end_to_end(tiny_sd_path, source_run, tmp_path):
     assert Image.open(out / "before_after.png").size == (6 * 16, 2 * 16)
 
 
-def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path):
+def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path, interrupt_after):
     common = ["--model", str(tiny_sd_path), "--source-prompt", "a red sphere", "--target-prompt", "a blue sphere",
               "--steps", "4", "--no-export", "--set", "run.checkpoint_every=1"] + FAST
     full = tmp_path / "full"
@@ -105,19 +105,9 @@ def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path)
     assert sigma[1] > 20 and torch.allclose(albedo[0], torch.tensor([0.85, 0.15, 0.15]), atol=0.03)
 
     # the same edit stopped after step 2 (as Ctrl-C would), then resumed: identical result
-    from dreamfield import optimize as opt
-
-    real = opt.optimize
-
-    def stop_after_two(*args, **kwargs):
-        def on_step(done):
-            if done == 2:
-                raise KeyboardInterrupt
-        return real(*args, **kwargs, on_step=on_step)
-
     stopped = tmp_path / "stopped"
     patch = pytest.MonkeyPatch()
-    patch.setattr("dreamfield.edit.optimize", stop_after_two)
+    patch.setattr("dreamfield.edit.optimize", interrupt_after(2))
     try:
         assert main(["edit", str(sphere_glb), "--out", str(stopped)] + common) == 130
     finally:
