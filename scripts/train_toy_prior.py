@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=None, help=f"default {d.vae_batch} (CPU {CPU_VAE_BATCH})")
     p.add_argument("--unet-steps", type=int, default=d.unet_steps)
     p.add_argument("--unet-batch", type=int, default=None, help=f"default {d.unet_batch} (CPU {CPU_UNET_BATCH})")
+    p.add_argument("--vae-share", type=float, default=d.vae_share, help="share of --time-budget for the VAE")
     p.add_argument("--checkpoint-every", type=float, default=d.checkpoint_every, help="seconds")
     return p.parse_args(argv)
 
@@ -71,7 +72,7 @@ def make_config(a: argparse.Namespace) -> TrainConfig:
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
     cfg = TrainConfig(
         seed=a.seed, device=a.device, amp=a.amp, time_budget=a.time_budget, checkpoint_every=a.checkpoint_every,
-        clf_steps=a.clf_steps, vae_steps=a.vae_steps, unet_steps=a.unet_steps, stages=stages,
+        clf_steps=a.clf_steps, vae_steps=a.vae_steps, unet_steps=a.unet_steps, stages=stages, vae_share=a.vae_share,
     )
     cpu = not a.device.startswith("cuda")
     # Smaller batches and fewer renders on a CPU (the prototype's settings: VAE 32, UNet 64, 300 views).
