@@ -121,6 +121,7 @@ class GuidanceConfig:
     t_max_end: Optional[float] = 0.3  # anneal t_max linearly to this value; None = no annealing
     anneal_steps: int = 0  # steps over which t_max anneals (0 = the whole run)
     space: str = "image"  # "latent" (SDS through the VAE encoder, DreamFusion) or "image" (decoded x0 target, HiFA)
+    denoise_steps: int = 1  # image space: DDIM steps from t to the target's x0 (1 = the one-step estimate)
     weighting: str = "sds"  # w(t): "sds" (1 - abar_t, threestudio), "uniform" (1), "snr_sqrt" (sqrt(abar_t (1 - abar_t)))
     grad_clip: Optional[float] = None  # clip |g| elementwise to this value (> 0); None = off
     batch_size: int = 1
@@ -330,6 +331,8 @@ def validate(cfg: Config) -> None:
             "guidance.anneal_steps must be >= 0, guidance.batch_size >= 1 and prior.guidance_scale >= 0, got "
             f"{cfg.guidance.anneal_steps}, {cfg.guidance.batch_size}, {cfg.prior.guidance_scale}"
         )
+    if cfg.guidance.denoise_steps < 1:
+        raise ConfigError(f"guidance.denoise_steps must be >= 1, got {cfg.guidance.denoise_steps}")
     if cfg.render.resolution < 8 or cfg.render.n_samples < 2:
         raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
     if cfg.optim.steps < 0:

@@ -52,6 +52,7 @@ def test_shipped_configs_load(name):
         (["prior.guidance_scale=high"], ["prior.guidance_scale", "float"]),
         (["field.kind=octree"], ["field.kind", "grid", "hashgrid"]),
         (["guidance.t_min=0.9", "guidance.t_max=0.5"], ["t_min"]),
+        (["guidance.denoise_steps=0"], ["guidance.denoise_steps", ">= 1"]),
         (["optim.steps"], ["key=value"]),
     ],
 )

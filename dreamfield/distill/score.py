@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from dreamfield.diffusion.schedule import ddim_step
 from dreamfield.distill.timesteps import weight
 from dreamfield.prior.interface import Prior
 from dreamfield.prior.text import TextEmbedding
@@ -169,11 +170,14 @@ def sds_image_target(
     noise: Tensor,
     guidance_scale: float,
     step: int | None = None,
+    denoise_steps: int = 1,
 ) -> Tensor:
-    """Image-space SDS target: the decoded one-step denoised estimate (HiFA, Zhu et al. 2023, Sec. 3.2).
+    """Image-space SDS target: the decoded denoised estimate (HiFA, Zhu et al. 2023, Sec. 3.2).
 
-    z_t = q_sample(z, t, eps); x0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)  (DDIM Eq. 9);
-    returns decode(x0_hat) (B, 3, S, S) at the prior's native size S, in [0, 1], detached.
+    z_t = q_sample(z, t, eps); with ``denoise_steps`` = 1, x0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
+    (DDIM Eq. 9, one step); with k > 1, x0_hat is k deterministic DDIM steps (Eq. 12, eta 0) from t through
+    t (k-1)/k, ..., t/k to 0 (SDEdit, Meng et al. 2022: a sample of the prior near the render, sharper than
+    the one-step mean). Returns decode(x0_hat) (B, 3, S, S) at the prior's native size S, in [0, 1], detached.
 
     Why: latent SDS pulls z towards x0_hat with strength w(t) sqrt(abar_t / (1 - abar_t)); doing the same
     in pixels, loss = |rgb - decode(x0_hat)|^2, avoids back-propagating through the VAE encoder, whose
@@ -182,9 +186,22 @@ def sds_image_target(
     """
     s = prior.schedule
     _check(z, t, noise, guidance_scale, None, s.num_train_timesteps)
+    if denoise_steps < 1:
+        raise ValueError(f"denoise_steps must be >= 1, got {denoise_steps}")
     z_t = s.q_sample(z.detach(), t, noise)
     eps_hat = prior.eps(z_t, t, text, guidance_scale)
-    x0 = s.predict_x0(z_t, t, eps_hat, prediction_type="epsilon")
+    if denoise_steps == 1:
+        x0 = s.predict_x0(z_t, t, eps_hat, prediction_type="epsilon")
+    else:
+        x, t_i = z_t, t
+        for i in range(1, denoise_steps + 1):
+            if i > 1:
+                eps_hat = prior.eps(x, t_i, text, guidance_scale)
+            # next timestep t (k - i) / k, and abar = 1 (t_prev = -1) after the last step
+            t_next = (t * (denoise_steps - i)) // denoise_steps if i < denoise_steps else torch.full_like(t, -1)
+            x = ddim_step(s, eps_hat, t_i, t_next, x, eta=0.0, prediction_type="epsilon")
+            t_i = t_next
+        x0 = x
     target = prior.decode(x0)
     return _finish(target, None, "SDS image target", t, step, {"latents": z, "eps_hat": eps_hat})
 
