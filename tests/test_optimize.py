@@ -43,6 +43,19 @@ def test_loop_moves_renders_to_the_prior_mean(tmp_path):
     assert after[0] > after[1] + 0.2 and after[0] > after[2] + 0.2
 
 
+def test_image_space_loop_at_a_render_size_other_than_the_priors(tmp_path):
+    # The prior is native at 16 px, the renders are 8 px: the image-space target is resized to the render
+    # (this crashed before); with 2 DDIM steps per target the renders still turn red.
+    prior = GaussianPrior(RED[:, None, None].expand(3, 16, 16).clone(), sigma=0.05)
+    cfg = small_cfg(80, "optim.lr_color=0.05", "optim.lr_density=0.05", "guidance.weighting=uniform",
+                    "render.resolution=8", "guidance.denoise_steps=2")
+    torch.manual_seed(0)
+    before = mean_render(cfg, make_scene(cfg, torch.device("cpu")))
+    scene = optimize(cfg, "anything", tmp_path / "run", prior, torch.device("cpu"), progress=False)
+    after = mean_render(cfg, scene)
+    assert torch.dist(after, RED) < 0.5 * torch.dist(before, RED), (before, after)
+
+
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     prior = GaussianPrior(torch.full((3, 16, 16), 0.5), sigma=0.1)
     calls = {"n": 0}
