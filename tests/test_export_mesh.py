@@ -46,7 +46,7 @@ def out_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sphere_mesh() -> trimesh.Trimesh:
     # peak 10 = 2 x DEFAULT_LEVEL: the default level lands on the profile's half height, the sphere
-    return extract_mesh(SphereField(radius=R, colour=RED, peak=2 * DEFAULT_LEVEL), ExportConfig(threshold=None), bound=1.0)
+    return extract_mesh(SphereField(radius=R, colour=RED, peak=2 * DEFAULT_LEVEL), ExportConfig(density_blur=0.0, threshold=None), bound=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,13 @@ CENTRE = (0.2, -0.1, 0.05)
 @pytest.fixture(scope="module")
 def two_colour_glb(out_dir) -> Path:
     field = SphereField(radius=0.3, colour=RED, top_colour=BLUE, centre=CENTRE)
-    mesh = extract_mesh(field, ExportConfig(threshold=None, resolution=64), bound=1.0)
+    mesh = extract_mesh(field, ExportConfig(density_blur=0.0, threshold=None, resolution=64), bound=1.0)
     return save_mesh(mesh, out_dir / "two_colour", ["glb"])[0]
 
 
 @pytest.fixture(scope="module")
 def cleaned_glb(out_dir) -> Path:
-    cfg = ExportConfig(threshold=None, resolution=64, smooth_iterations=5, target_faces=1500)
+    cfg = ExportConfig(density_blur=0.0, threshold=None, resolution=64, smooth_iterations=5, target_faces=1500)
     mesh = extract_mesh(SphereField(radius=R, colour=RED), cfg, bound=1.0)
     return save_mesh(mesh, out_dir / "cleaned", ["glb"])[0]
 
@@ -103,14 +103,14 @@ def test_formats_read_back_with_volume_and_colour(sphere_files, sphere_mesh, fmt
 def test_foggy_field_uses_the_mid_level():
     # a soft field whose peak (3) is below 2 x DEFAULT_LEVEL: the level is (min + max) / 2 = 1.5, the
     # half height of the profile, so the surface is still the sphere
-    mesh = extract_mesh(SphereField(radius=R, peak=3.0), ExportConfig(threshold=None, resolution=64), bound=1.0)
+    mesh = extract_mesh(SphereField(radius=R, peak=3.0), ExportConfig(density_blur=0.0, threshold=None, resolution=64), bound=1.0)
     assert mesh.metadata["level"] == pytest.approx(1.5, rel=1e-3)
     assert mesh.volume == pytest.approx(SPHERE_VOLUME, rel=0.02)
 
 
 def test_threshold_override_and_its_check():
     field = SphereField(radius=R, peak=1000.0)
-    mesh = extract_mesh(field, ExportConfig(resolution=64, threshold=500.0), bound=1.0)
+    mesh = extract_mesh(field, ExportConfig(density_blur=0.0, resolution=64, threshold=500.0), bound=1.0)
     assert mesh.metadata["level"] == 500.0
     assert mesh.volume == pytest.approx(SPHERE_VOLUME, rel=0.02)
     # the default level (5) sits out in the sigmoid's tail: r + w ln(1000/5 - 1), a bigger sphere
@@ -142,8 +142,8 @@ def test_floaters_are_dropped():
     body = SphereField(radius=R, colour=RED)
     speck = SphereField(radius=0.08, colour=BLUE, centre=(0.0, 0.0, 0.8))
     field = UnionField(body, speck)
-    kept = extract_mesh(field, ExportConfig(threshold=None, resolution=64, min_component=0.0), bound=1.0)
-    cleaned = extract_mesh(field, ExportConfig(threshold=None, resolution=64), bound=1.0)  # min_component 0.05
+    kept = extract_mesh(field, ExportConfig(density_blur=0.0, threshold=None, resolution=64, min_component=0.0), bound=1.0)
+    cleaned = extract_mesh(field, ExportConfig(density_blur=0.0, threshold=None, resolution=64), bound=1.0)  # min_component 0.05
     assert len(kept.split(only_watertight=False)) == 2
     assert len(cleaned.split(only_watertight=False)) == 1
     assert (np.asarray(cleaned.visual.vertex_colors)[:, :3] == rgb8(RED)).all()
@@ -158,9 +158,9 @@ def test_smoothing_and_decimation(cleaned_glb):
 
 def test_empty_field_raises_with_threshold_and_range():
     with pytest.raises(EmptyMeshError, match=r"threshold 0\.3 \(density range 0\.3 to 0\.3"):
-        extract_mesh(EmptyField(0.3), ExportConfig(threshold=None, resolution=16), bound=1.0)  # uniform haze
+        extract_mesh(EmptyField(0.3), ExportConfig(density_blur=0.0, threshold=None, resolution=16), bound=1.0)  # uniform haze
     with pytest.raises(EmptyMeshError, match=r"threshold 2 \(density range \S+ to 1\.2 on a 16\^3 grid\)"):
-        extract_mesh(SphereField(peak=1.2), ExportConfig(resolution=16, threshold=2.0), bound=1.0)
+        extract_mesh(SphereField(peak=1.2), ExportConfig(density_blur=0.0, resolution=16, threshold=2.0), bound=1.0)
     assert issubclass(EmptyMeshError, ValueError)
 
 
@@ -202,3 +202,23 @@ def test_every_glb_passes_the_gltf_validator(sphere_files, two_colour_glb, clean
         errors = [m for m in issues["messages"] if m["severity"] == 0]
         assert issues["numErrors"] == 0, (path.name, errors)
         assert report["info"]["totalVertexCount"] > 0
+
+
+def test_density_blur_matches_scipy_and_keeps_constants():
+    from scipy.ndimage import gaussian_filter
+
+    from dreamfield.export.mesh import blur_density
+
+    g = torch.rand(33, 33, 33, generator=torch.Generator().manual_seed(0))
+    g[:4] = g[-4:] = 0.0  # nothing near two faces, so no mass leaves the box there
+    sigma_world, bound = 0.1, 1.0
+    sigma_cells = sigma_world * 32 / (2 * bound)  # 1.6 cells
+    got = blur_density(g, sigma_world, bound)
+    # scipy: same Gaussian, zero outside, truncated at the same radius (ceil(3 sigma) = 5 cells)
+    want = gaussian_filter(g.double().numpy(), sigma_cells, mode="constant", cval=0.0, truncate=5 / sigma_cells)
+    assert np.abs(got.double().numpy() - want).max() < 1e-5
+    flat = torch.full((33, 33, 33), 3.0)
+    assert torch.allclose(blur_density(flat, 0.1, 1.0)[16, 16, 16], torch.tensor(3.0))
+    assert blur_density(g, 0.0, 1.0) is g
+    with pytest.raises(ValueError, match="density_blur"):
+        blur_density(g, -0.1, 1.0)

@@ -67,7 +67,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
         return out * float("nan") if calls["n"] > 3 else out
 
     monkeypatch.setattr(prior, "eps", eps)
-    cfg = small_cfg(10, "run.checkpoint_every=1")
+    cfg = small_cfg(10, "run.checkpoint_every=1", "guidance.denoise_steps=1")  # one eps call per step
     with pytest.raises(NonFiniteError) as info:
         optimize(cfg, "anything", tmp_path / "run", prior, torch.device("cpu"), progress=False)
     assert "step 3" in str(info.value)

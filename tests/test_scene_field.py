@@ -41,7 +41,7 @@ def test_blob_init_density(kind):
 
 def test_exp_activation_and_no_bounding_sphere():
     field = make_field(
-        FieldConfig(grid_resolution=8, density_activation="exp", bounding_radius=0.0, density_bias=-1.0)
+        FieldConfig(grid_resolution=8, density_activation="exp", bounding_radius=0.0, density_bias=-1.0, blob_radius=0.2)
     ).requires_grad_(False)
     assert float(field.density(torch.zeros(1, 3))) == pytest.approx(math.exp(4.0), rel=1e-5)
     far = field.density(torch.tensor([[0.95, 0.0, 0.0]]))

@@ -174,10 +174,38 @@ def vertex_albedo(field, vertices: np.ndarray, chunk: int = 262144, device=None)
     return np.concatenate([rgb8, np.full((len(rgb8), 1), 255, np.uint8)], axis=1)
 
 
+def blur_density(grid: torch.Tensor, sigma: float, bound: float) -> torch.Tensor:
+    """Gaussian low-pass of a density grid (R, R, R) with standard deviation ``sigma`` in world units.
+
+    Separable: one 1-D kernel (radius 3 sigma) along each axis, zero beyond the box (the field's density
+    is zero outside its bounding sphere). The kernel sums to 1, so a constant region keeps its value and
+    the grid's total density is kept up to what leaves the box. sigma = 0 returns the grid unchanged.
+    """
+    if sigma < 0:
+        raise ValueError(f"export.density_blur must be >= 0, got {sigma}")
+    R = grid.shape[0]
+    s = sigma * (R - 1) / (2.0 * bound)  # in grid cells
+    if s == 0:
+        return grid
+    r = max(1, int(math.ceil(3.0 * s)))
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / s) ** 2)
+    k = (k / k.sum()).to(grid.dtype)
+    out = grid[None, None]
+    for dim in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + dim] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = r  # F.pad lists the last dimension first
+        out = torch.nn.functional.conv3d(torch.nn.functional.pad(out, pad), k.view(shape))
+    return out[0, 0]
+
+
 def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh.Trimesh:
     """The field's surface as a coloured triangle mesh in glTF's Y-up frame.
 
-    Steps: density grid (cfg.resolution, or 256 on CUDA / 128 on CPU when 0) -> marching cubes at
+    Steps: density grid (cfg.resolution, or 256 on CUDA / 128 on CPU when 0) -> optional Gaussian blur
+    (cfg.density_blur, world units: evens out the grain of SDS densities) -> marching cubes at
     :func:`choose_level` (cfg.threshold overrides) -> components with fewer than
     cfg.min_component x the largest one's faces dropped -> cfg.smooth_iterations of Taubin
     smoothing (shrinks far less than plain Laplacian) -> quadric decimation to cfg.target_faces
@@ -206,7 +234,7 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh
         )
     resolution = cfg.resolution or default_resolution(device)
 
-    grid = density_grid(field, resolution, bound, cfg.chunk, device)
+    grid = blur_density(density_grid(field, resolution, bound, cfg.chunk, device), cfg.density_blur, bound)
     level = choose_level(grid, cfg.threshold)
     verts, faces = marching_cubes(grid, level, bound)
 

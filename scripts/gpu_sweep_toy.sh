@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Sweep generate settings on the 12 evaluation prompts on a lent GPU, many runs at once, in ONE device call.
+#
+#   device run: command "bash scripts/gpu_sweep_toy.sh", carry [".whl"], timeout_s ~300
+#
+# Each variant (below, or SWEEP_VARIANTS="name:--set a=b --set c=d;name2:...") runs `dreamfield generate`
+# on the 12 prompts of scripts/eval_toy.py (dense CUDA rendering, no occupancy grid, so nerfacc's CUDA
+# extension is not built), then `dreamfield export --no-video` at the CPU's mesh resolution (128), then
+# scripts/eval_toy.py 3d per variant. Runs go variant by variant, SWEEP_JOBS at a time (default 12), until
+# SWEEP_GEN_BUDGET seconds (default 180) have passed; variants cut short are scored on what finished.
+# Returns $OUT/sweep.log, $OUT/summary.txt and $OUT/sweep.tgz (per variant: eval3d.json, views of each run).
+# Without CUDA: a CPU dry run with 4 steps, 2 prompts, 2 variants (checks the code path only).
+# The figures steer the defaults; the acceptance numbers are measured on the 2-core CPU (README).
+set -u -o pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO" || exit 1
+OUT=${OUT:-$(mktemp -d /tmp/gpu_sweep_out.XXXXXX)}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/sweep.log") 2>&1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
+START=$(date +%s)
+PY=python3
+if ! "$PY" -c "import torch" >/dev/null 2>&1 && [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; fi
+if ! "$PY" -c "import diffusers, omegaconf, trimesh" >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
+ROOT=/tmp/sweep
+rm -rf "$ROOT"
+mkdir -p "$ROOT"
+DEFAULT_VARIANTS="k4b5:--set guidance.denoise_steps=4 --set field.blob_radius=0.5;\
+k1b5:--set guidance.denoise_steps=1 --set field.blob_radius=0.5;\
+k4b2:--set guidance.denoise_steps=4 --set field.blob_radius=0.2;\
+k8b5:--set guidance.denoise_steps=8 --set field.blob_radius=0.5;\
+k4b5ov:--set guidance.denoise_steps=4 --set field.blob_radius=0.5 --set camera.overhead_prob=0.25 --set guidance.t_max_end=0.2;\
+k4b5g15:--set guidance.denoise_steps=4 --set field.blob_radius=0.5 --set prior.guidance_scale=15;\
+k4b35:--set guidance.denoise_steps=4 --set field.blob_radius=0.35;\
+k4b5s1k:--set guidance.denoise_steps=4 --set field.blob_radius=0.5 --set optim.steps=1000"
+PROMPTS=("a blue cube" "a green cone" "a red torus" "a orange cone" "a purple pyramid" "a yellow torus"
+         "a red cube" "a yellow pyramid" "a orange cylinder" "a purple sphere" "a green sphere" "a blue cylinder")
+if [ "$CUDA" = 1 ]; then
+    VARIANTS=${SWEEP_VARIANTS:-$DEFAULT_VARIANTS}; DEV=cuda; EXTRA=""
+else
+    VARIANTS="k4b5:--set guidance.denoise_steps=4;k1b2:--set guidance.denoise_steps=1"
+    PROMPTS=("${PROMPTS[@]:0:2}"); DEV=cpu; EXTRA="--set optim.steps=4 --set render.resolution=32"
+fi
+echo "setup $(( $(date +%s) - START )) s; cuda $CUDA"
+
+# one job per line: variant name <TAB> its --set arguments <TAB> prompt
+JOBS=$ROOT/jobs.tsv
+IFS=';' read -ra VS <<< "$VARIANTS"
+for v in "${VS[@]}"; do
+    for p in "${PROMPTS[@]}"; do printf '%s\t%s\t%s\n' "${v%%:*}" "${v#*:}" "$p"; done
+done > "$JOBS"
+
+DEADLINE=$(( START + ${SWEEP_GEN_BUDGET:-180} ))
+one() {  # variant sets prompt: generate then export, killed at the deadline
+    local dir="$ROOT/$1/${3// /-}" left=$(( DEADLINE - $(date +%s) ))
+    mkdir -p "$ROOT/$1"
+    # shellcheck disable=SC2086
+    timeout "$left" "$PY" -m dreamfield.cli generate "$3" --out "$dir" --device "$DEV" --no-export --quiet \
+        --set render.use_occupancy_grid=false $2 $EXTRA >"$dir.log" 2>&1 &&
+        timeout $(( DEADLINE - $(date +%s) + 20 )) "$PY" -m dreamfield.cli export "$dir" --no-video \
+            --resolution 128 >>"$dir.log" 2>&1 &&
+        echo "ok $1 $3 $(( $(date +%s) - START )) s" || echo "FAILED $1 $3: $(tail -n 1 "$dir.log")"
+}
+# (plain `wait` would also wait for the tee of the log: wait for the listed jobs only)
+PIDS=()
+while IFS=$'\t' read -r name sets prompt; do
+    while [ "$(jobs -rp | wc -l)" -ge "${SWEEP_JOBS:-12}" ]; do sleep 0.5; done
+    [ "$(date +%s)" -ge "$DEADLINE" ] && break
+    one "$name" "$sets" "$prompt" &
+    PIDS+=($!)
+done < "$JOBS"
+wait "${PIDS[@]}"
+echo "generate phase ended at $(( $(date +%s) - START )) s"
+
+for v in "${VS[@]}"; do
+    name=${v%%:*}
+    ls "$ROOT/$name"/*/mesh.glb >/dev/null 2>&1 || continue
+    ( "$PY" scripts/eval_toy.py 3d $(dirname "$ROOT/$name"/*/mesh.glb | sed 's|$|/|') --json "$ROOT/$name/eval3d.json" \
+        >"$ROOT/$name/eval3d.txt" 2>&1 ) &
+    PIDS+=($!)
+done
+wait "${PIDS[@]}"
+for v in "${VS[@]}"; do
+    name=${v%%:*}
+    [ -f "$ROOT/$name/eval3d.txt" ] && { echo "== $name: ${v#*:}"; grep -E "overall|held_out|->" "$ROOT/$name/eval3d.txt"; }
+done | tee "$OUT/summary.txt"
+(cd "$ROOT" && tar -czf "$OUT/sweep.tgz" --exclude='checkpoints' --exclude='*.log' --exclude='previews' --exclude='*.glb' .)
+echo "done $(( $(date +%s) - START )) s"
