@@ -11,6 +11,9 @@
 # Returns $OUT/sweep.log, $OUT/summary.txt and $OUT/sweep.tgz (per variant: eval3d.json, views of each run).
 # Without CUDA: a CPU dry run with 4 steps, 2 prompts, 2 variants (checks the code path only).
 # The figures steer the defaults; the acceptance numbers are measured on the 2-core CPU (README).
+# Measured (H200, 2026-11-26): 16 generate processes at once ran at ~7 it/s each (small kernels, launch-bound:
+# no faster per run than one CPU core), so 600-step runs take ~90 s and only ONE variant of 12 prompts fits a
+# 150 s budget. Pass SWEEP_VARIANTS with one or two variants per call; the list below is a menu, not a plan.
 set -u -o pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 1
