@@ -188,21 +188,16 @@ def sds_image_target(
     _check(z, t, noise, guidance_scale, None, s.num_train_timesteps)
     if denoise_steps < 1:
         raise ValueError(f"denoise_steps must be >= 1, got {denoise_steps}")
-    z_t = s.q_sample(z.detach(), t, noise)
-    eps_hat = prior.eps(z_t, t, text, guidance_scale)
-    if denoise_steps == 1:
-        x0 = s.predict_x0(z_t, t, eps_hat, prediction_type="epsilon")
-    else:
-        x, t_i = z_t, t
-        for i in range(1, denoise_steps + 1):
-            if i > 1:
-                eps_hat = prior.eps(x, t_i, text, guidance_scale)
-            # next timestep t (k - i) / k, and abar = 1 (t_prev = -1) after the last step
-            t_next = (t * (denoise_steps - i)) // denoise_steps if i < denoise_steps else torch.full_like(t, -1)
-            x = ddim_step(s, eps_hat, t_i, t_next, x, eta=0.0, prediction_type="epsilon")
-            t_i = t_next
-        x0 = x
-    target = prior.decode(x0)
+    x = s.q_sample(z.detach(), t, noise)
+    t_i = t
+    for i in range(1, denoise_steps + 1):
+        eps_hat = prior.eps(x, t_i, text, guidance_scale)
+        # next timestep t (k - i) / k, and abar = 1 (t_prev = -1) after the last step, where the DDIM step
+        # is x0_hat itself: with k = 1 this is the one-step estimate
+        t_next = (t * (denoise_steps - i)) // denoise_steps if i < denoise_steps else torch.full_like(t, -1)
+        x = ddim_step(s, eps_hat, t_i, t_next, x, eta=0.0, prediction_type="epsilon")
+        t_i = t_next
+    target = prior.decode(x)
     return _finish(target, None, "SDS image target", t, step, {"latents": z, "eps_hat": eps_hat})
 
 
