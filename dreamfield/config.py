@@ -168,8 +168,8 @@ class ExportConfig:
     resolution: int = 0  # marching-cubes grid per side; 0 = 256 on CUDA, 128 on CPU
     # density level and a Gaussian blur (sigma, world units) of the density grid before marching cubes.
     # SDS fields of the default config are grainy with a soft halo around a denser core (peak ~4-5): on 12
-    # toy runs, level 2.6 after a 0.06 blur gave shape 83 % / IoU 0.63 (level 1, no blur: 33 % / 0.54;
-    # level 3: 92 % / 0.50, the halo inflates shapes at low levels and the core breaks up at high ones).
+    # toy runs (seed 0), level 2.6 after a 0.06 blur gave shape 83 % / IoU 0.63 (level 1, no blur: 33 % / 0.54;
+    # level 3 after a 0.04 blur: 92 % / 0.50): the halo inflates shapes at low levels, the core breaks up at high.
     # None = min(5, mid-range). Imported meshes put their surface at 5 with a steep profile (edit.yaml: no blur).
     threshold: Optional[float] = 2.6
     density_blur: float = 0.06

@@ -242,9 +242,10 @@ def optimize(
         elif latent_space:
             g = sds_grad(prior, z, text, t, noise, gs, cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
         else:
+            # (B, 3, S, S) at the prior's native size S -> the render's size (coarse-to-fine, render.resolution)
             target = sds_image_target(prior, z, text, t, noise, gs, step=step, denoise_steps=cfg.guidance.denoise_steps)
-            if target.shape[-2:] != out.rgb.shape[-2:]:  # native size -> render size (coarse-to-fine, --set render.resolution)
-                target = torch.nn.functional.interpolate(target, size=out.rgb.shape[-2:], mode="area")  # (B, 3, S, S) at native size
+            if target.shape[-2:] != out.rgb.shape[-2:]:
+                target = torch.nn.functional.interpolate(target, size=out.rgb.shape[-2:], mode="area")
             loss_distill = sds_image_loss(out.rgb, target, prior.schedule, t, cfg.guidance.weighting)
             g = out.rgb.detach() - target  # logged: the pull on the image
         if latent_space:
