@@ -57,6 +57,10 @@ class CameraConfig:
     distance: tuple[float, float] = (1.6, 2.0)
     elevation: tuple[float, float] = (-10.0, 60.0)  # degrees, up from the xy-plane
     azimuth: tuple[float, float] = (-180.0, 180.0)  # degrees, 0 = looking from +x
+    # progressive views: the azimuth span starts at azimuth_start_span degrees around the middle of `azimuth`
+    # and widens linearly to the whole range over azimuth_widen_steps steps (0 = the whole range at once)
+    azimuth_start_span: float = 360.0
+    azimuth_widen_steps: int = 0
     fov: tuple[float, float] = (40.0, 50.0)  # vertical field of view, degrees
     overhead_prob: float = 0.1  # share of views drawn with elevation in [elevation[1], overhead_max]
     overhead_max: float = 85.0
@@ -339,6 +343,11 @@ def validate(cfg: Config) -> None:
         )
     if cfg.guidance.denoise_steps < 1:
         raise ConfigError(f"guidance.denoise_steps must be >= 1, got {cfg.guidance.denoise_steps}")
+    if not cfg.camera.azimuth_start_span >= 0 or cfg.camera.azimuth_widen_steps < 0:
+        raise ConfigError(
+            "camera.azimuth_start_span must be >= 0 degrees and camera.azimuth_widen_steps >= 0, got "
+            f"{cfg.camera.azimuth_start_span}, {cfg.camera.azimuth_widen_steps}"
+        )
     if cfg.render.resolution < 8 or cfg.render.n_samples < 2:
         raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
     if cfg.optim.steps < 0:

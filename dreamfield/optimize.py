@@ -31,7 +31,7 @@ from dreamfield.distill import dds_grad, grad_to_loss, sample_timesteps, sds_gra
 from dreamfield.distill import entropy_loss, opacity_loss
 from dreamfield.prior import view_prompt
 from dreamfield.scene.background import make_background
-from dreamfield.scene.cameras import orbit_cameras, sample_cameras
+from dreamfield.scene.cameras import azimuth_range_at, orbit_cameras, sample_cameras
 from dreamfield.scene.field import make_field
 from dreamfield.scene.occupancy import OccupancyGrid
 from dreamfield.scene.render import RenderOut, choose_shading, render
@@ -210,7 +210,7 @@ def optimize(
     t_last = time.perf_counter()
     for step in bar:
         # 1. camera, shading and resolution for this step
-        cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, generator, device)
+        cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, generator, device, azimuth_range_at(cfg.camera, step))
         shading = choose_shading(cfg.render, generator)
         res = resolution_at(cfg, step)
 

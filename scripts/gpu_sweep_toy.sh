@@ -4,10 +4,11 @@
 #   device run: command "bash scripts/gpu_sweep_toy.sh", carry [".whl"], timeout_s ~300
 #
 # Each variant (below, or SWEEP_VARIANTS="name:--set a=b --set c=d;name2:...") runs `dreamfield generate`
-# on the 12 prompts of scripts/eval_toy.py (dense CUDA rendering, no occupancy grid, so nerfacc's CUDA
-# extension is not built), then `dreamfield export --no-video` at the CPU's mesh resolution (128), then
-# scripts/eval_toy.py 3d per variant. Runs go variant by variant, SWEEP_JOBS at a time (default 12), until
-# SWEEP_GEN_BUDGET seconds (default 180) have passed; variants cut short are scored on what finished.
+# on the 12 prompts of scripts/eval_toy.py for every seed of SWEEP_SEEDS (default "0"; dense CUDA rendering,
+# no occupancy grid, so nerfacc's CUDA extension is not built), then `dreamfield export --no-video` at the
+# CPU's mesh resolution (128), then scripts/eval_toy.py 3d per variant over all its seeds. Jobs run seed by
+# seed, prompt by prompt, variant by variant, SWEEP_JOBS at a time (default 12); none starts later than
+# SWEEP_RUN_S (default 110) seconds before SWEEP_GEN_BUDGET (default 180) ends, so a cut hits variants alike.
 # Returns $OUT/sweep.log, $OUT/summary.txt and $OUT/sweep.tgz (per variant: eval3d.json, views of each run).
 # Without CUDA: a CPU dry run with 4 steps, 2 prompts, 2 variants (checks the code path only).
 # The figures steer the defaults; the acceptance numbers are measured on the 2-core CPU (README).
@@ -41,8 +42,9 @@ k4b5ov:--set guidance.denoise_steps=4 --set field.blob_radius=0.5 --set camera.o
 k4b5g15:--set guidance.denoise_steps=4 --set field.blob_radius=0.5 --set prior.guidance_scale=15;\
 k4b35:--set guidance.denoise_steps=4 --set field.blob_radius=0.35;\
 k4b5s1k:--set guidance.denoise_steps=4 --set field.blob_radius=0.5 --set optim.steps=1000"
-PROMPTS=("a blue cube" "a green cone" "a red torus" "a orange cone" "a purple pyramid" "a yellow torus"
-         "a red cube" "a yellow pyramid" "a orange cylinder" "a purple sphere" "a green sphere" "a blue cylinder")
+# the 12 prompts of the CPU evaluation, the hardest shapes first (they matter most when a deadline cuts a seed)
+PROMPTS=("a blue cube" "a red cube" "a green cone" "a orange cone" "a red torus" "a yellow torus"
+         "a purple pyramid" "a yellow pyramid" "a orange cylinder" "a blue cylinder" "a purple sphere" "a green sphere")
 if [ "$CUDA" = 1 ]; then
     VARIANTS=${SWEEP_VARIANTS:-$DEFAULT_VARIANTS}; DEV=cuda; EXTRA=""
 else
@@ -51,30 +53,34 @@ else
 fi
 echo "setup $(( $(date +%s) - START )) s; cuda $CUDA"
 
-# one job per line: variant name <TAB> its --set arguments <TAB> prompt
+# one job per line: variant name <TAB> its --set arguments <TAB> seed <TAB> prompt. Seeds outermost, variants
+# innermost, so a deadline cuts every variant alike; a variant is scored on all its finished runs, seeds pooled.
 JOBS=$ROOT/jobs.tsv
 IFS=';' read -ra VS <<< "$VARIANTS"
-for v in "${VS[@]}"; do
-    for p in "${PROMPTS[@]}"; do printf '%s\t%s\t%s\n' "${v%%:*}" "${v#*:}" "$p"; done
+for seed in ${SWEEP_SEEDS:-0}; do
+    for p in "${PROMPTS[@]}"; do
+        for v in "${VS[@]}"; do printf '%s\t%s\t%s\t%s\n' "${v%%:*}" "${v#*:}" "$seed" "$p"; done
+    done
 done > "$JOBS"
 
 DEADLINE=$(( START + ${SWEEP_GEN_BUDGET:-180} ))
-one() {  # variant sets prompt: generate then export, killed at the deadline
-    local dir="$ROOT/$1/${3// /-}" left=$(( DEADLINE - $(date +%s) ))
+one() {  # variant sets seed prompt: generate then export, killed at the deadline
+    local dir="$ROOT/$1/s$3-${4// /-}" left=$(( DEADLINE - $(date +%s) ))
     mkdir -p "$ROOT/$1"
     # shellcheck disable=SC2086
-    timeout "$left" "$PY" -m dreamfield.cli generate "$3" --out "$dir" --device "$DEV" --no-export --quiet \
+    timeout "$left" "$PY" -m dreamfield.cli generate "$4" --seed "$3" --out "$dir" --device "$DEV" --no-export --quiet \
         --set render.use_occupancy_grid=false $2 $EXTRA >"$dir.log" 2>&1 &&
         timeout $(( DEADLINE - $(date +%s) + 20 )) "$PY" -m dreamfield.cli export "$dir" --no-video \
             --resolution 128 >>"$dir.log" 2>&1 &&
-        echo "ok $1 $3 $(( $(date +%s) - START )) s" || echo "FAILED $1 $3: $(tail -n 1 "$dir.log")"
+        echo "ok $1 s$3 $4 $(( $(date +%s) - START )) s" || echo "FAILED $1 s$3 $4: $(tail -n 1 "$dir.log")"
 }
 # (plain `wait` would also wait for the tee of the log: wait for the listed jobs only)
 PIDS=()
-while IFS=$'\t' read -r name sets prompt; do
+while IFS=$'\t' read -r name sets seed prompt; do
     while [ "$(jobs -rp | wc -l)" -ge "${SWEEP_JOBS:-12}" ]; do sleep 0.5; done
-    [ "$(date +%s)" -ge "$DEADLINE" ] && break
-    one "$name" "$sets" "$prompt" &
+    # a run started later than SWEEP_RUN_S (default 110 s) before the deadline could not finish: stop here
+    [ "$(date +%s)" -ge $(( DEADLINE - ${SWEEP_RUN_S:-110} )) ] && break
+    one "$name" "$sets" "$seed" "$prompt" &
     PIDS+=($!)
 done < "$JOBS"
 wait "${PIDS[@]}"

@@ -54,6 +54,7 @@ def test_shipped_configs_load(name):
         (["guidance.t_min=0.9", "guidance.t_max=0.5"], ["t_min"]),
         (["guidance.denoise_steps=0"], ["guidance.denoise_steps", ">= 1"]),
         (["optim.steps"], ["key=value"]),
+        (["camera.azimuth_widen_steps=-5"], ["camera.azimuth_widen_steps", ">= 0"]),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, must_contain):

@@ -9,7 +9,7 @@ import torch
 
 from dreamfield.config import CameraConfig
 from dreamfield.prior.text import view_label  # the one copy of the rule; sampled cameras feed it below
-from dreamfield.scene.cameras import get_rays, look_at, orbit_cameras, sample_cameras
+from dreamfield.scene.cameras import azimuth_range_at, get_rays, look_at, orbit_cameras, sample_cameras
 
 
 def test_view_label_rule_and_boundaries():
@@ -106,6 +106,24 @@ def test_sample_cameras_honours_ranges_and_seed():
     assert off.mean().abs() < 0.03 and abs(float(off.std()) - cfg.light_jitter) < 0.03
     again = sample_cameras(cfg, 4000, torch.Generator().manual_seed(3), "cpu")
     assert torch.equal(cams.c2w, again.c2w) and torch.equal(cams.light_pos, again.light_pos)
+
+
+def test_progressive_azimuth_span_widens_linearly_to_the_full_range():
+    cfg = CameraConfig(azimuth_start_span=60.0, azimuth_widen_steps=100)
+    assert azimuth_range_at(cfg, 0) == (-30.0, 30.0)
+    assert azimuth_range_at(cfg, 50) == pytest.approx((-105.0, 105.0))  # 60 + (360 - 60) / 2 = 210 degrees
+    assert azimuth_range_at(cfg, 100) == (-180.0, 180.0)
+    assert azimuth_range_at(cfg, 10_000) == (-180.0, 180.0)
+    assert azimuth_range_at(CameraConfig(), 0) == (-180.0, 180.0)  # off by default
+    # centred on the middle of a narrower range, never wider than it
+    narrow = CameraConfig(azimuth=(0.0, 90.0), azimuth_start_span=360.0, azimuth_widen_steps=10)
+    assert azimuth_range_at(narrow, 0) == (0.0, 90.0)
+    assert azimuth_range_at(CameraConfig(azimuth=(0.0, 90.0), azimuth_start_span=10.0, azimuth_widen_steps=10), 0) == (40.0, 50.0)
+    # the sampled views stay inside the span, and with a span of 60 all are labelled front views
+    cams = sample_cameras(cfg, 2000, torch.Generator().manual_seed(0), "cpu", azimuth_range_at(cfg, 0))
+    assert cams.azimuth_deg.abs().max() <= 30.0 and cams.azimuth_deg.abs().max() > 29.0
+    labels = {view_label(float(a), float(e)) for a, e in zip(cams.azimuth_deg, cams.elevation_deg)}
+    assert labels == {"front", "overhead"}
 
 
 def test_sample_cameras_bad_range():

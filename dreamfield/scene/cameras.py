@@ -122,8 +122,32 @@ def look_at(
     )
 
 
-def sample_cameras(cfg: CameraConfig, batch: int, generator: torch.Generator, device: torch.device | str) -> Cameras:
-    """Random training cameras drawn uniformly from cfg's ranges.
+def azimuth_range_at(cfg: CameraConfig, step: int) -> tuple[float, float]:
+    """The azimuth range (degrees) in force at ``step`` under progressive views.
+
+    The span grows linearly from ``azimuth_start_span`` at step 0 to the width of ``cfg.azimuth`` at step
+    ``azimuth_widen_steps``, centred on the middle of ``cfg.azimuth`` (the front, 0, by default); never wider
+    than ``cfg.azimuth``. Early views from one side carve a shape whose faces follow that side, which breaks
+    the rotational symmetry that a full orbit of views from a yaw-agnostic prior would average into.
+    """
+    lo, hi = cfg.azimuth
+    full = hi - lo
+    if cfg.azimuth_widen_steps <= 0 or step >= cfg.azimuth_widen_steps:
+        return lo, hi
+    frac = max(step, 0) / cfg.azimuth_widen_steps
+    span = min(full, cfg.azimuth_start_span + (full - cfg.azimuth_start_span) * frac)
+    mid = 0.5 * (lo + hi)
+    return mid - 0.5 * span, mid + 0.5 * span
+
+
+def sample_cameras(
+    cfg: CameraConfig,
+    batch: int,
+    generator: torch.Generator,
+    device: torch.device | str,
+    azimuth: tuple[float, float] | None = None,
+) -> Cameras:
+    """Random training cameras drawn uniformly from cfg's ranges (``azimuth`` overrides cfg.azimuth).
 
     With probability cfg.overhead_prob a view's elevation is drawn from [elevation[1], overhead_max]
     instead of cfg.elevation (the toy domain's "share of overhead views"). The light sits at the camera
@@ -145,7 +169,7 @@ def sample_cameras(cfg: CameraConfig, batch: int, generator: torch.Generator, de
         overhead = torch.rand(batch, generator=generator, device=gdev) < cfg.overhead_prob
         el_over = uniform(cfg.elevation[1], max(cfg.overhead_max, cfg.elevation[1]))
         el = torch.where(overhead, el_over, el)
-    az = uniform(*cfg.azimuth)
+    az = uniform(*(cfg.azimuth if azimuth is None else azimuth))
     fov = uniform(*cfg.fov)
     jitter = cfg.light_jitter * torch.randn(batch, 3, generator=generator, device=gdev)
     cams = look_at(az.to(device), el.to(device), dist.to(device), fov.to(device))
