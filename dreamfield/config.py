@@ -58,9 +58,10 @@ class CameraConfig:
     elevation: tuple[float, float] = (-10.0, 60.0)  # degrees, up from the xy-plane
     azimuth: tuple[float, float] = (-180.0, 180.0)  # degrees, 0 = looking from +x
     # progressive views: the azimuth span starts at azimuth_start_span degrees around the middle of `azimuth`
-    # and widens linearly to the whole range over azimuth_widen_steps steps (0 = the whole range at once)
-    azimuth_start_span: float = 360.0
-    azimuth_widen_steps: int = 0
+    # and widens linearly to the whole range over azimuth_widen_steps steps (0 = the whole range at once).
+    # 60 degrees widening over 240 steps: cubes, cones and tori of the toy prior kept their shape (README)
+    azimuth_start_span: float = 60.0
+    azimuth_widen_steps: int = 240
     fov: tuple[float, float] = (40.0, 50.0)  # vertical field of view, degrees
     overhead_prob: float = 0.1  # share of views drawn with elevation in [elevation[1], overhead_max]
     overhead_max: float = 85.0

@@ -12,9 +12,9 @@
 # Returns $OUT/sweep.log, $OUT/summary.txt and $OUT/sweep.tgz (per variant: eval3d.json, views of each run).
 # Without CUDA: a CPU dry run with 4 steps, 2 prompts, 2 variants (checks the code path only).
 # The figures steer the defaults; the acceptance numbers are measured on the 2-core CPU (README).
-# Measured (H200, 2026-11-26): 16 generate processes at once ran at ~7 it/s each (small kernels, launch-bound:
-# no faster per run than one CPU core), so 600-step runs take ~90 s and only ONE variant of 12 prompts fits a
-# 150 s budget. Pass SWEEP_VARIANTS with one or two variants per call; the list below is a menu, not a plan.
+# Measured: 16 generate processes at once ran at ~7 it/s each on an H200 (600 steps ~90 s) but only ~3.5 it/s
+# on an H100 (~170 s; 4-step image targets): small kernels, launch-bound, no faster per run than one CPU core.
+# So one call fits ~16-32 runs: pass one or two variants and few seeds; the list below is a menu, not a plan.
 set -u -o pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 1
@@ -53,13 +53,14 @@ else
 fi
 echo "setup $(( $(date +%s) - START )) s; cuda $CUDA"
 
-# one job per line: variant name <TAB> its --set arguments <TAB> seed <TAB> prompt. Seeds outermost, variants
+# one job per line: variant name | its --set arguments | seed | prompt ("|", not a tab: read would merge the
+# tabs around an empty field and shift the rest). Seeds outermost, variants
 # innermost, so a deadline cuts every variant alike; a variant is scored on all its finished runs, seeds pooled.
 JOBS=$ROOT/jobs.tsv
 IFS=';' read -ra VS <<< "$VARIANTS"
 for seed in ${SWEEP_SEEDS:-0}; do
     for p in "${PROMPTS[@]}"; do
-        for v in "${VS[@]}"; do printf '%s\t%s\t%s\t%s\n' "${v%%:*}" "${v#*:}" "$seed" "$p"; done
+        for v in "${VS[@]}"; do printf '%s|%s|%s|%s\n' "${v%%:*}" "${v#*:}" "$seed" "$p"; done
     done
 done > "$JOBS"
 
@@ -76,7 +77,7 @@ one() {  # variant sets seed prompt: generate then export, killed at the deadlin
 }
 # (plain `wait` would also wait for the tee of the log: wait for the listed jobs only)
 PIDS=()
-while IFS=$'\t' read -r name sets seed prompt; do
+while IFS='|' read -r name sets seed prompt; do
     while [ "$(jobs -rp | wc -l)" -ge "${SWEEP_JOBS:-12}" ]; do sleep 0.5; done
     # a run started later than SWEEP_RUN_S (default 110 s) before the deadline could not finish: stop here
     [ "$(date +%s)" -ge $(( DEADLINE - ${SWEEP_RUN_S:-110} )) ] && break

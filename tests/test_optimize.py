@@ -74,3 +74,31 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["scene"]["field"].values())
+
+
+def test_progressive_views_in_the_loop(tmp_path, monkeypatch):
+    # camera.azimuth_start_span=60 widening over 8 steps: the loop's first views lie within +-30 degrees of the
+    # front (so every prompt gets the front or overhead suffix), then the range widens to the whole circle.
+    import dreamfield.optimize as loop
+
+    drawn = []
+    real = loop.sample_cameras
+
+    def recording(cfg, batch, generator, device, azimuth=None):
+        cams = real(cfg, batch, generator, device, azimuth)
+        drawn.append(cams.azimuth_deg.abs().max().item())
+        return cams
+
+    monkeypatch.setattr(loop, "sample_cameras", recording)
+    prompts = []
+    prior = GaussianPrior(torch.full((3, 16, 16), 0.5), sigma=0.1)
+    real_embed = prior.embed
+    monkeypatch.setattr(prior, "embed", lambda p, n="": prompts.append(p) or real_embed(p, n))
+    cfg = small_cfg(40, "prior.view_dependent=true", "guidance.batch_size=16", "render.resolution=8",
+                    "camera.azimuth_start_span=60", "camera.azimuth_widen_steps=8")
+    optimize(cfg, "a cube", tmp_path / "run", prior, torch.device("cpu"), progress=False)
+    assert len(drawn) == 40
+    assert drawn[0] <= 30.0 and all(d <= 30.0 + 150.0 * s / 8 + 1e-4 for s, d in enumerate(drawn[:8]))
+    assert max(drawn[8:]) > 150.0  # the whole circle after widening (16 x 32 draws)
+    assert {p.rsplit(", ", 1)[1] for p in prompts[0]} <= {"front view", "overhead view"}
+    assert any(p.endswith("back view") for batch in prompts[8:] for p in batch)
