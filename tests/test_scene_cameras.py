@@ -114,7 +114,7 @@ def test_progressive_azimuth_span_widens_linearly_to_the_full_range():
     assert azimuth_range_at(cfg, 50) == pytest.approx((-105.0, 105.0))  # 60 + (360 - 60) / 2 = 210 degrees
     assert azimuth_range_at(cfg, 100) == (-180.0, 180.0)
     assert azimuth_range_at(cfg, 10_000) == (-180.0, 180.0)
-    assert azimuth_range_at(CameraConfig(), 0) == (-180.0, 180.0)  # off by default
+    assert azimuth_range_at(CameraConfig(azimuth_widen_steps=0), 0) == (-180.0, 180.0)  # 0 steps: off
     # centred on the middle of a narrower range, never wider than it
     narrow = CameraConfig(azimuth=(0.0, 90.0), azimuth_start_span=360.0, azimuth_widen_steps=10)
     assert azimuth_range_at(narrow, 0) == (0.0, 90.0)
