@@ -142,6 +142,7 @@ class LossConfig:
     opacity: float = 0.0  # sparsity: mean opacity
     entropy: float = 0.0  # binary entropy of the opacity (pushes to 0 or 1)
     orientation: float = 0.0  # DreamFusion's normal orientation penalty
+    tv: float = 0.0  # total variation of the voxel grid's raw density (grid fields only): evens out SDS grain
     preserve: float = 0.0  # edit only: photometric loss to the source renders
 
 
@@ -344,6 +345,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.guidance.denoise_steps < 1:
         raise ConfigError(f"guidance.denoise_steps must be >= 1, got {cfg.guidance.denoise_steps}")
+    if cfg.loss.tv != 0 and cfg.field.kind != "grid":
+        raise ConfigError(f"loss.tv: the total variation term needs field.kind=grid, got {cfg.field.kind!r} (set loss.tv=0)")
     if not cfg.camera.azimuth_start_span >= 0 or cfg.camera.azimuth_widen_steps < 0:
         raise ConfigError(
             "camera.azimuth_start_span must be >= 0 degrees and camera.azimuth_widen_steps >= 0, got "

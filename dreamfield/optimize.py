@@ -261,6 +261,8 @@ def optimize(
             + cfg.loss.entropy * loss_entropy
             + cfg.loss.orientation * loss_orient
         )
+        if cfg.loss.tv > 0:
+            loss = loss + cfg.loss.tv * scene.field.density_tv()
         if edit is not None and cfg.loss.preserve > 0:
             loss = loss + cfg.loss.preserve * torch.mean((out.rgb - src_out.rgb) ** 2)
         if edit is not None and cfg.edit.anchor_density > 0:

@@ -55,6 +55,7 @@ def test_shipped_configs_load(name):
         (["guidance.denoise_steps=0"], ["guidance.denoise_steps", ">= 1"]),
         (["optim.steps"], ["key=value"]),
         (["camera.azimuth_widen_steps=-5"], ["camera.azimuth_widen_steps", ">= 0"]),
+        (["loss.tv=1", "field.kind=hashgrid"], ["loss.tv", "field.kind=grid"]),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, must_contain):

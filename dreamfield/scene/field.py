@@ -244,6 +244,12 @@ class GridField(DensityField):
         logits = feats if self.decoder is None else self.decoder(feats)
         return vals[:, 0], logits
 
+    def density_tv(self) -> Tensor:
+        """Total variation of the raw density grid (Plenoxels, Fridovich-Keil et al. 2022, use it on voxel grids):
+        sum over the three axes of the mean squared difference between neighbouring voxels -> scalar."""
+        v = self.density_grid[0, 0]
+        return sum(torch.diff(v, dim=d).pow(2).mean() for d in range(3))
+
     def _density_params(self) -> list[nn.Parameter]:
         return [self.density_grid]
 
