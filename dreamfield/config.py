@@ -59,7 +59,8 @@ class CameraConfig:
     azimuth: tuple[float, float] = (-180.0, 180.0)  # degrees, 0 = looking from +x
     # progressive views: the azimuth span starts at azimuth_start_span degrees around the middle of `azimuth`
     # and widens linearly to the whole range over azimuth_widen_steps steps (0 = the whole range at once).
-    # 60 degrees widening over 240 steps: cubes, cones and tori of the toy prior kept their shape (README)
+    # 60 degrees widening over 240 steps: chosen on a GPU sweep with the toy prior (6 of 8 cubes, cones, tori and
+    # pyramids right vs 4 of 8); on the CPU's 12-prompt evaluation it is within noise of 0 steps (README)
     azimuth_start_span: float = 60.0
     azimuth_widen_steps: int = 240
     fov: tuple[float, float] = (40.0, 50.0)  # vertical field of view, degrees

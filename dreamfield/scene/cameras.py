@@ -127,8 +127,9 @@ def azimuth_range_at(cfg: CameraConfig, step: int) -> tuple[float, float]:
 
     The span grows linearly from ``azimuth_start_span`` at step 0 to the width of ``cfg.azimuth`` at step
     ``azimuth_widen_steps``, centred on the middle of ``cfg.azimuth`` (the front, 0, by default); never wider
-    than ``cfg.azimuth``. Early views from one side carve a shape whose faces follow that side, which breaks
-    the rotational symmetry that a full orbit of views from a yaw-agnostic prior would average into.
+    than ``cfg.azimuth``. The intent: early views from one side shape the object from that side first, instead
+    of a full orbit of views from the start, which a prior that draws e.g. a cube at any yaw averages towards a
+    body of revolution. Measured on the toy prior (README): it helped cones, not cubes.
     """
     lo, hi = cfg.azimuth
     full = hi - lo
