@@ -30,34 +30,21 @@ for p in (str(REPO), str(REPO / "scripts")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from dreamfield.checkpoint import load_checkpoint  # noqa: E402
-from dreamfield.config import load_config  # noqa: E402
+from dreamfield.cli import load_run_scene  # noqa: E402
 from dreamfield.export.mesh import blur_density  # noqa: E402
-from dreamfield.scene.field import make_field  # noqa: E402
-from dreamfield.toy.domain import SHAPES  # noqa: E402
-from dreamfield.toy.measures import best_iou, grid_centres  # noqa: E402
+from dreamfield.toy.measures import classify_occupancy, grid_points  # noqa: E402
 from eval_toy import run_prompt  # noqa: E402
 
 
 @torch.no_grad()
 def blurred_density(run: Path, res: int, blur: float) -> torch.Tensor:
     """The run's field density at the res^3 cell centres of [-1, 1]^3 (indexed [x, y, z]), blurred."""
-    cfg = load_config([str(run / "config.yaml")], [])
+    cfg, scene, _ = load_run_scene(run, "cpu")
     if cfg.field.bound != 1.0:
         raise SystemExit(f"{run}: field.bound {cfg.field.bound}; the toy measures' grid spans [-1, 1]")
-    field = make_field(cfg.field)
-    field.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["scene"]["field"])
-    field.eval()
-    c = torch.from_numpy(grid_centres(res)).float()
-    pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1).reshape(-1, 3)
-    sigma = torch.cat([field.density(chunk) for chunk in pts.split(65536)]).reshape(res, res, res)
+    pts = grid_points(res).float()
+    sigma = torch.cat([scene.field.density(chunk) for chunk in pts.split(65536)]).reshape(res, res, res)
     return blur_density(sigma, blur, cfg.field.bound)
-
-
-def score_occupancy(occ: np.ndarray, shape: str) -> tuple[str, float]:
-    """(predicted shape, IoU with ``shape``) for a boolean occupancy grid, as ``score_mesh`` decides."""
-    ious = {s: best_iou(occ, s)[0] for s in SHAPES}
-    return max(ious, key=ious.get), ious[shape]
 
 
 def main(argv=None) -> int:
@@ -82,8 +69,8 @@ def main(argv=None) -> int:
         row = {"run": str(run), "prompt": prompt, "shape": pair[1], "max": float(grid.max()), "rules": {}}
         for name, kind, v in rules:
             level = v if kind == "level" else v * float(grid.max())
-            pred, iou = score_occupancy(grid > level, pair[1])
-            row["rules"][name] = {"level": level, "pred": pred, "iou": iou}
+            pred, ious, _ = classify_occupancy(grid > level)
+            row["rules"][name] = {"level": level, "pred": pred, "iou": ious[pair[1]]}
         rows.append(row)
         print(f"{prompt:<20} max {row['max']:4.1f}  " + "  ".join(
             f"{n}: {r['pred'][:4]} {r['iou']:.2f}" for n, r in row["rules"].items()), flush=True)

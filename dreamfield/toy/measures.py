@@ -124,7 +124,8 @@ def mesh_occupancy(mesh: trimesh.Trimesh, res: int = 64, world: bool = False) ->
     return votes >= 2
 
 
-def _grid_points(res: int) -> torch.Tensor:
+def grid_points(res: int) -> torch.Tensor:
+    """The res^3 cell centres of [-1, 1]^3 as points (res^3, 3), float64, in the grids' [x, y, z] order."""
     c = torch.from_numpy(grid_centres(res))
     return torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1).reshape(-1, 3)  # (res^3, 3), [x, y, z]
 
@@ -135,7 +136,7 @@ def primitive_occupancy(shape: str, res: int = 64, angle_deg: float = 0.0) -> np
 
     Cached (the evaluation scores many meshes against the same 46 grids); treat the result as read-only.
     """
-    p = _grid_points(res)
+    p = grid_points(res)
     a = math.radians(angle_deg)
     ca, sa = math.cos(a), math.sin(a)
     # Rotating the shape by +a is testing the points rotated by -a.
@@ -198,6 +199,17 @@ def visible_surface_colour(mesh: trimesh.Trimesh, occ: np.ndarray, world: bool =
     return (face_rgb * weights[:, None]).sum(0) / weights.sum()
 
 
+def classify_occupancy(occ: np.ndarray) -> tuple[Optional[str], dict, dict]:
+    """The shape measure on an occupancy grid: (predicted shape, {shape: best IoU}, {shape: best angle}).
+
+    The prediction is the primitive of highest IoU (best over z-rotations); None for an empty grid.
+    """
+    ious, angles = {}, {}
+    for s in SHAPES:
+        ious[s], angles[s] = best_iou(occ, s)
+    return (max(ious, key=ious.get) if occ.any() else None), ious, angles
+
+
 def score_mesh(mesh: trimesh.Trimesh | trimesh.Scene, shape: str, colour: str, res: int = 64) -> dict:
     """Score an exported mesh (glTF Y-up, vertex colours) against the prompted (shape, colour).
 
@@ -211,11 +223,7 @@ def score_mesh(mesh: trimesh.Trimesh | trimesh.Scene, shape: str, colour: str, r
     if isinstance(mesh, trimesh.Scene):
         mesh = mesh.to_geometry() if hasattr(mesh, "to_geometry") else mesh.dump(concatenate=True)
     occ = mesh_occupancy(mesh, res)
-    ious, angles = {}, {}
-    for s in SHAPES:
-        ious[s], angles[s] = best_iou(occ, s)
-    has_volume = occ.any()
-    shape_pred = max(ious, key=ious.get) if has_volume else None
+    shape_pred, ious, angles = classify_occupancy(occ)
     rgb = visible_surface_colour(mesh, occ)
     colour_pred = nearest_colour(rgb) if rgb is not None else None
     return dict(
