@@ -40,9 +40,8 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
 export WORK OUT REPO
 
 # The interpreter: python3 where it has torch (the GPU image), else this checkout's .venv (a dev machine).
-PY=python3
-if ! "$PY" -c "import torch" >/dev/null 2>&1 && [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; fi
-export PY
+source scripts/gpu_python.sh
+pick_python
 # nvcc and ninja for the JIT build: the venv's bin (ninja) and CUDA's bin, if not on PATH already
 PATH="$(dirname "$(command -v "$PY")"):$PATH"
 [ -d /usr/local/cuda/bin ] && PATH="$PATH:/usr/local/cuda/bin"
@@ -90,9 +89,7 @@ step_install() {
         echo "all dependencies already importable: nothing to install"
     elif ls .whl/*.whl >/dev/null 2>&1; then
         ls -la .whl
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-            || { echo "wheel install FAILED"; return 1; }
-        export PYTHONPATH=/tmp/site
+        install_wheels || { echo "wheel install FAILED"; return 1; }
     else
         echo "dependencies missing and no .whl/ carried (run scripts/fetch_gpu_wheels.sh, carry .whl)"
         return 1

@@ -23,12 +23,9 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/sweep.log") 2>&1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 START=$(date +%s)
-PY=python3
-if ! "$PY" -c "import torch" >/dev/null 2>&1 && [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; fi
-if ! "$PY" -c "import diffusers, omegaconf, trimesh" >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source scripts/gpu_python.sh
+pick_python
+need_modules diffusers omegaconf trimesh || exit 1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
 ROOT=/tmp/sweep

@@ -23,12 +23,9 @@ exec > >(tee -a "$OUT/train.log") 2>&1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 START=$(date +%s)
 
-PY=python3
-if ! "$PY" -c "import torch" >/dev/null 2>&1 && [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"; fi
-if ! "$PY" -c "import diffusers, omegaconf" >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source scripts/gpu_python.sh
+pick_python
+need_modules diffusers omegaconf || exit 1
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
 [ "$CUDA" = 1 ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "setup: $(( $(date +%s) - START )) s; torch $("$PY" -c 'import torch; print(torch.__version__)'); cuda $CUDA"
