@@ -32,6 +32,7 @@ class FieldConfig:
     grid_resolution: int = 48  # voxels per side (48: less voxel noise under SDS than 64 on the toy prior)
     grid_features: int = 8  # features per voxel (channel 0 is raw density); used by grid_decoder="mlp"
     grid_blur: float = 0.0  # the density grid is read through a Gaussian blur of this many voxels (0 = off)
+    normal_blur: float = 0.0  # grid field: normals (shading) from the density grid blurred by this many voxels more
     grid_decoder: str = "direct"  # "direct" (3 sigmoid albedo channels; fastest) or "mlp" (features -> MLP)
     # hash grid (Instant-NGP, Mueller et al. 2022)
     hash_levels: int = 16

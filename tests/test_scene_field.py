@@ -211,3 +211,26 @@ def test_grid_blur_reads_the_blurred_grid_and_differentiates():
     assert torch.autograd.gradcheck(sigma_at, (g0,))
     with pytest.raises(ValueError, match="grid_blur"):
         make_field(FieldConfig(grid_resolution=8, grid_blur=-1.0))
+
+
+def test_normal_blur_shades_with_the_normals_of_a_blurred_grid():
+    """field.normal_blur = s: the normals (both the lattice and the exact stencil) are those of the grid
+    blurred by s voxels (scipy's Gaussian as the reference), while the density itself is unchanged."""
+    from scipy.ndimage import gaussian_filter
+
+    s, r = 1.5, 12
+    cfg = dict(grid_resolution=r, blob_density=0.0, bounding_radius=0.0)
+    blurred_normals = make_field(FieldConfig(normal_blur=s, **cfg)).double()
+    reference = make_field(FieldConfig(**cfg)).double()
+    grid = torch.randn(1, 1, r, r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    want = gaussian_filter(grid[0, 0].numpy(), s, mode="constant", cval=0.0, truncate=math.ceil(3 * s) / s)
+    with torch.no_grad():
+        blurred_normals.density_grid.copy_(grid)
+        reference.density_grid.copy_(torch.from_numpy(want)[None, None])
+        x = (torch.rand(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 2 - 1) * 0.9
+        assert torch.allclose(blurred_normals.raw_gradient_fd(x), reference.raw_gradient_fd(x), atol=1e-10)
+        assert torch.allclose(blurred_normals.raw_gradient(x), reference.raw_gradient(x), atol=1e-10)
+        plain = make_field(FieldConfig(**cfg)).double()
+        plain.density_grid.copy_(grid)
+        assert torch.equal(blurred_normals.density(x), plain.density(x))  # the density itself is not blurred
+        assert not torch.allclose(blurred_normals.raw_gradient_fd(x), plain.raw_gradient_fd(x), atol=1e-2)

@@ -208,7 +208,7 @@ class GridField(DensityField):
         fd_eps stencil on CPU), and the result is continuous across voxel faces, where the exact
         gradient of trilinear interpolation jumps. fd_eps is not used by the grid field.
         """
-        v = self.density_volume()  # (1, 1, R, R, R), layout (z, y, x)
+        v = gaussian_blur3d(self.density_volume(), self.cfg.normal_blur)  # (1, 1, R, R, R), layout (z, y, x)
         p = F.pad(v, (1, 1, 1, 1, 1, 1), mode="replicate")
         two_h = 2.0 * (2.0 * self.bound / (v.shape[-1] - 1))
         gx = p[:, :, 1:-1, 1:-1, 2:] - p[:, :, 1:-1, 1:-1, :-2]
@@ -222,7 +222,7 @@ class GridField(DensityField):
         normals stays first order: no double backward through grid_sample, which some torch builds
         do not implement (torch 2.11 with CUDA raises "derivative for grid_sampler_3d_backward is
         not implemented")."""
-        v = self.density_volume()[0, 0]  # (R, R, R), layout (z, y, x)
+        v = gaussian_blur3d(self.density_volume(), self.cfg.normal_blur)[0, 0]  # (R, R, R), layout (z, y, x)
         r = v.shape[-1]
         scale = 0.5 * (r - 1) / self.bound  # voxel units per world unit
         p = (x + self.bound) * scale  # (N, 3) continuous voxel coordinates (x, y, z)
