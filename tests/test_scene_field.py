@@ -22,13 +22,16 @@ def softplus(v: float) -> float:
     return math.log1p(math.exp(v))
 
 
+@pytest.mark.parametrize("activation", ["exp", "softplus"])
 @pytest.mark.parametrize("kind", ["grid", "hashgrid"])
-def test_blob_init_density(kind):
+def test_blob_init_density(kind, activation):
     cfg = FieldConfig(**SMALL_HASH) if kind == "hashgrid" else FieldConfig(grid_resolution=16)
+    cfg.density_activation = activation
     field = make_field(cfg)
     centre = field.density(torch.zeros(1, 3)).detach()
-    # raw ~ 0 at init: sigma(0) = softplus(0 + bias + lambda) = softplus(4) ~ 4.02
-    assert float(centre) == pytest.approx(softplus(cfg.density_bias + cfg.blob_density), abs=0.05)
+    # raw ~ 0 at init: sigma(0) = act(0 + bias + lambda) = act(3): exp(3) ~ 20.1, softplus(3) ~ 3.05
+    act = math.exp if activation == "exp" else softplus
+    assert float(centre) == pytest.approx(act(cfg.density_bias + cfg.blob_density), rel=0.02)
     dirs = F.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
     outside = field.density(dirs * 0.905)  # just outside the bounding radius 0.9
     assert torch.equal(outside, torch.zeros(64))

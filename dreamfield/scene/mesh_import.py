@@ -62,7 +62,11 @@ MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
 DEFAULT_GREY = (0.6, 0.6, 0.6)  # albedo of a mesh that carries no colour
 SURFACE_LEVEL = 5.0  # density at the surface: the exporter's DEFAULT_LEVEL (export/mesh.py)
 MAX_DENSITY = 50.0  # density deep inside: opaque within a voxel or two
-RAW_PER_VOXEL = 15.0  # slope of the raw density across the surface, per voxel
+RAW_PER_VOXEL = 15.0  # slope of the raw density across the surface, per voxel (softplus: sigma ~ raw)
+# exp: raw = log sigma, so the clamp band [log 1e-4, log 50] is only 13 raw units wide; at 15 per voxel the
+# profile is clamped within a voxel of the surface and trilinear interpolation of the clamped values moves the
+# level-5 surface by up to ~0.3 voxel. 4 per voxel keeps the profile linear over about three voxels.
+EXP_RAW_PER_VOXEL = 4.0
 RAW_CLAMP_VOXELS = 3.5  # exact distances within this many voxels of the surface (the profile clamps at 3)
 # glTF Y up -> world z up: x_w = z_in, y_w = x_in, z_w = y_in. The inverse (= transpose) of the
 # exporter's WORLD_TO_GLTF; a cyclic axis permutation, so a rotation and winding is kept.
@@ -395,7 +399,7 @@ def target_volumes(mesh: trimesh.Trimesh, cfg: Config, resolution: int, n_surfac
 def _raw_profile(sdf: Tensor, voxel: float, cfg: Config) -> Tensor:
     """Target raw density (after bias and blob, before the activation) from the signed distance.
 
-    raw = act^-1(SURFACE_LEVEL) - (RAW_PER_VOXEL / voxel) * sdf, clamped to
+    raw = act^-1(SURFACE_LEVEL) - (slope / voxel) * sdf (slope RAW_PER_VOXEL, EXP_RAW_PER_VOXEL for exp), clamped to
     [act^-1(1e-4), act^-1(MAX_DENSITY)]: linear across the surface (exact under trilinear
     interpolation), so the density equals SURFACE_LEVEL on the mesh's surface.
     """
@@ -404,7 +408,8 @@ def _raw_profile(sdf: Tensor, voxel: float, cfg: Config) -> Tensor:
             return math.log(sigma)
         return sigma + math.log(-math.expm1(-sigma))  # softplus^-1
 
-    raw = inv(SURFACE_LEVEL) - (RAW_PER_VOXEL / voxel) * sdf
+    slope = EXP_RAW_PER_VOXEL if cfg.field.density_activation == "exp" else RAW_PER_VOXEL
+    raw = inv(SURFACE_LEVEL) - (slope / voxel) * sdf
     return raw.clamp(inv(1e-4), inv(MAX_DENSITY))
 
 
