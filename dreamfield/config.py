@@ -31,8 +31,6 @@ class FieldConfig:
     # dense grid
     grid_resolution: int = 48  # voxels per side (48: less voxel noise under SDS than 64 on the toy prior)
     grid_features: int = 8  # features per voxel (channel 0 is raw density); used by grid_decoder="mlp"
-    grid_blur: float = 0.0  # the density grid is read through a Gaussian blur of this many voxels (0 = off)
-    normal_blur: float = 0.0  # grid field: normals (shading) from the density grid blurred by this many voxels more
     grid_decoder: str = "direct"  # "direct" (3 sigmoid albedo channels; fastest) or "mlp" (features -> MLP)
     # hash grid (Instant-NGP, Mueller et al. 2022)
     hash_levels: int = 16
@@ -160,9 +158,6 @@ class OptimConfig:
     lr_color: float = 0.01
     lr_network: float = 0.001
     lr_background: float = 0.001
-    # every learning rate decays geometrically from its value at step 0 to lr_end_factor x it at the last step
-    # (lr(step) = lr * lr_end_factor ** (step / (steps - 1)), as NeRF decays its rate); 1 = constant
-    lr_end_factor: float = 1.0
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-15
 
@@ -366,10 +361,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
     if cfg.optim.steps < 0:
         raise ConfigError(f"optim.steps must be >= 0, got {cfg.optim.steps}")
-    if not cfg.optim.lr_end_factor > 0:
-        raise ConfigError(f"optim.lr_end_factor must be > 0 (1 = constant learning rates), got {cfg.optim.lr_end_factor}")
-    if not cfg.field.grid_blur >= 0:
-        raise ConfigError(f"field.grid_blur must be >= 0 voxels (0 = off), got {cfg.field.grid_blur}")
     c2f = cfg.coarse_to_fine
     if len(c2f.milestones) != len(c2f.resolutions) or not c2f.milestones:
         raise ConfigError("coarse_to_fine.milestones and coarse_to_fine.resolutions need the same non-zero length")

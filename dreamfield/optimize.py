@@ -82,17 +82,7 @@ def make_optimizer(cfg: Config, scene: Scene) -> torch.optim.Optimizer:
     bg_params = [p for p in scene.background.parameters() if p.requires_grad]
     if bg_params:
         groups.append({"params": bg_params, "lr": cfg.optim.lr_background})
-    for g in groups:
-        g["base_lr"] = g["lr"]  # lr_factor_at scales this each step
     return torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-
-
-def lr_factor_at(cfg: Config, step: int) -> float:
-    """The learning-rate multiplier at ``step``: lr_end_factor ** (step / (steps - 1)), 1 at step 0."""
-    f, total = cfg.optim.lr_end_factor, cfg.optim.steps
-    if not f > 0:
-        raise ValueError(f"optim.lr_end_factor must be > 0, got {f}")
-    return 1.0 if total <= 1 else f ** (min(step, total - 1) / (total - 1))
 
 
 def resolution_at(cfg: Config, step: int) -> int:
@@ -288,12 +278,9 @@ def optimize(
                 f"loss is {loss.item()} at step {step} (t={t.tolist()}); stopped, last checkpoint kept in {run.ckpt_dir}"
             )
 
-        # 6. optimiser step (learning rates decayed for this step)
+        # 6. optimiser step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        lr_factor = lr_factor_at(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = group.setdefault("base_lr", group["lr"]) * lr_factor  # (checkpoints before lr decay lack base_lr)
         optimizer.step()
         done = step + 1
 

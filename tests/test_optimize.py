@@ -102,25 +102,3 @@ def test_progressive_views_in_the_loop(tmp_path, monkeypatch):
     assert max(drawn[8:]) > 150.0  # the whole circle after widening (16 x 32 draws)
     assert {p.rsplit(", ", 1)[1] for p in prompts[0]} <= {"front view", "overhead view"}
     assert any(p.endswith("back view") for batch in prompts[8:] for p in batch)
-
-
-def test_learning_rates_decay_geometrically(tmp_path, monkeypatch):
-    # optim.lr_end_factor=0.1 over 5 steps: every group's rate is lr * 0.1 ** (step / 4) when Adam steps.
-    from dreamfield.optimize import lr_factor_at
-
-    cfg = small_cfg(5, "optim.lr_end_factor=0.1", "optim.lr_density=0.05", "optim.lr_color=0.01")
-    assert [round(lr_factor_at(cfg, s), 6) for s in range(5)] == [round(0.1 ** (s / 4), 6) for s in range(5)]
-    seen = []
-    real_step = torch.optim.Adam.step
-
-    def step(self, *a, **k):
-        seen.append({g["name"]: g["lr"] for g in self.param_groups if "name" in g})
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", step)
-    prior = GaussianPrior(torch.full((3, 16, 16), 0.5), sigma=0.1)
-    optimize(cfg, "anything", tmp_path / "run", prior, torch.device("cpu"), progress=False)
-    assert [d["density"] for d in seen] == pytest.approx([0.05 * 0.1 ** (s / 4) for s in range(5)])
-    assert [d["color"] for d in seen] == pytest.approx([0.01 * 0.1 ** (s / 4) for s in range(5)])
-    with pytest.raises(Exception, match="lr_end_factor"):
-        small_cfg(5, "optim.lr_end_factor=0")

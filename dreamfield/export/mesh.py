@@ -44,7 +44,6 @@ import trimesh
 from skimage import measure
 
 from dreamfield.config import ExportConfig
-from dreamfield.scene.encoding import gaussian_blur3d
 
 DEFAULT_LEVEL = 5.0  # density units; see the module docstring
 FORMATS = ("glb", "obj", "ply")
@@ -184,10 +183,22 @@ def blur_density(grid: torch.Tensor, sigma: float, bound: float) -> torch.Tensor
     """
     if sigma < 0:
         raise ValueError(f"export.density_blur must be >= 0, got {sigma}")
-    if sigma == 0:
-        return grid
     R = grid.shape[0]
-    return gaussian_blur3d(grid[None, None], sigma * (R - 1) / (2.0 * bound))[0, 0]  # sigma in grid cells
+    s = sigma * (R - 1) / (2.0 * bound)  # in grid cells
+    if s == 0:
+        return grid
+    r = max(1, int(math.ceil(3.0 * s)))
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / s) ** 2)
+    k = (k / k.sum()).to(grid.dtype)
+    out = grid[None, None]
+    for dim in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + dim] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = r  # F.pad lists the last dimension first
+        out = torch.nn.functional.conv3d(torch.nn.functional.pad(out, pad), k.view(shape))
+    return out[0, 0]
 
 
 def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh.Trimesh:

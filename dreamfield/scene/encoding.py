@@ -27,32 +27,6 @@ def sample_grid(volume: Tensor, x: Tensor, bound: float) -> Tensor:
     return out.reshape(volume.shape[1], -1).t()
 
 
-def gaussian_blur3d(volume: Tensor, sigma: float) -> Tensor:
-    """Gaussian low-pass of a voxel volume (1, C, R, R, R) with standard deviation ``sigma`` in voxels.
-
-    Separable: one normalised 1-D kernel of radius ceil(3 sigma) along each axis, zeros beyond the
-    volume. Linear and differentiable (its adjoint is the same blur, so a gradient through it is a
-    blurred gradient). sigma = 0 returns the volume itself.
-    """
-    if sigma < 0:
-        raise ValueError(f"blur sigma must be >= 0, got {sigma}")
-    if sigma == 0:
-        return volume
-    r = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = (k / k.sum()).to(device=volume.device, dtype=volume.dtype)
-    C = volume.shape[1]
-    out = volume
-    for dim in range(3):
-        shape = [C, 1, 1, 1, 1]
-        shape[2 + dim] = k.numel()
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = r  # F.pad lists the last dimension first
-        out = F.conv3d(F.pad(out, pad), k.view(shape).expand(*shape).contiguous(), groups=C)
-    return out
-
-
 class HashEncoding(nn.Module):
     """Multiresolution hash encoding (Mueller et al. 2022, "Instant Neural Graphics Primitives", Sec. 3).
 

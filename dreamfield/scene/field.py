@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamfield.config import FieldConfig, OptimConfig
-from dreamfield.scene.encoding import HashEncoding, gaussian_blur3d, sample_grid
+from dreamfield.scene.encoding import HashEncoding, sample_grid
 
 Tensor = torch.Tensor
 
@@ -176,8 +176,6 @@ class GridField(DensityField):
             raise ValueError(f"field.grid_decoder: {cfg.grid_decoder!r} is not one of direct, mlp")
         if cfg.grid_resolution < 2:
             raise ValueError(f"field.grid_resolution must be >= 2, got {cfg.grid_resolution}")
-        if cfg.grid_blur < 0:
-            raise ValueError(f"field.grid_blur must be >= 0 (voxels; 0 = off), got {cfg.grid_blur}")
         r = cfg.grid_resolution
         self.density_grid = nn.Parameter(torch.zeros(1, 1, r, r, r))
         if cfg.grid_decoder == "direct":
@@ -191,14 +189,8 @@ class GridField(DensityField):
                 nn.Linear(cfg.grid_features - 1, cfg.hidden_dim), nn.ReLU(), nn.Linear(cfg.hidden_dim, 3)
             )
 
-    def density_volume(self) -> Tensor:
-        """The raw density grid the field reads, (1, 1, R, R, R): the parameter, or with
-        field.grid_blur = s > 0 its Gaussian blur of s voxels (a smooth parametrisation: every read, the
-        normals included, sees the blurred grid, and each voxel's gradient is the blurred gradient)."""
-        return gaussian_blur3d(self.density_grid, self.cfg.grid_blur)
-
     def _raw_density(self, x: Tensor) -> Tensor:
-        return sample_grid(self.density_volume(), x, self.bound)[:, 0]
+        return sample_grid(self.density_grid, x, self.bound)[:, 0]
 
     def raw_gradient_fd(self, x: Tensor) -> Tensor:
         """Finite differences on the voxel lattice: central differences between neighbouring voxels
@@ -208,7 +200,7 @@ class GridField(DensityField):
         fd_eps stencil on CPU), and the result is continuous across voxel faces, where the exact
         gradient of trilinear interpolation jumps. fd_eps is not used by the grid field.
         """
-        v = gaussian_blur3d(self.density_volume(), self.cfg.normal_blur)  # (1, 1, R, R, R), layout (z, y, x)
+        v = self.density_grid  # (1, 1, R, R, R), layout (z, y, x)
         p = F.pad(v, (1, 1, 1, 1, 1, 1), mode="replicate")
         two_h = 2.0 * (2.0 * self.bound / (v.shape[-1] - 1))
         gx = p[:, :, 1:-1, 1:-1, 2:] - p[:, :, 1:-1, 1:-1, :-2]
@@ -222,7 +214,7 @@ class GridField(DensityField):
         normals stays first order: no double backward through grid_sample, which some torch builds
         do not implement (torch 2.11 with CUDA raises "derivative for grid_sampler_3d_backward is
         not implemented")."""
-        v = gaussian_blur3d(self.density_volume(), self.cfg.normal_blur)[0, 0]  # (R, R, R), layout (z, y, x)
+        v = self.density_grid[0, 0]  # (R, R, R), layout (z, y, x)
         r = v.shape[-1]
         scale = 0.5 * (r - 1) / self.bound  # voxel units per world unit
         p = (x + self.bound) * scale  # (N, 3) continuous voxel coordinates (x, y, z)
@@ -247,7 +239,7 @@ class GridField(DensityField):
 
     def _raw_all(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # one grid_sample over all channels is cheaper than two (the index math is shared)
-        vals = sample_grid(torch.cat([self.density_volume(), self.color_grid], dim=1), x, self.bound)  # (N, 1 + C)
+        vals = sample_grid(torch.cat([self.density_grid, self.color_grid], dim=1), x, self.bound)  # (N, 1 + C)
         feats = vals[:, 1:]
         logits = feats if self.decoder is None else self.decoder(feats)
         return vals[:, 0], logits
@@ -255,7 +247,7 @@ class GridField(DensityField):
     def density_tv(self) -> Tensor:
         """Total variation of the raw density grid (Plenoxels, Fridovich-Keil et al. 2022, use it on voxel grids):
         sum over the three axes of the mean squared difference between neighbouring voxels -> scalar."""
-        v = self.density_volume()[0, 0]
+        v = self.density_grid[0, 0]
         return sum(torch.diff(v, dim=d).pow(2).mean() for d in range(3))
 
     def _density_params(self) -> list[nn.Parameter]:
