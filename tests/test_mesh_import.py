@@ -260,3 +260,18 @@ def test_one_line_errors(tmp_path):
     _sphere(tmp_path / "s.glb", subdivisions=1)
     with pytest.raises(MeshImportError, match="import_radius"):
         import_mesh(tmp_path / "s.glb", cfg)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "exp"])
+def test_the_level_5_surface_lies_on_the_mesh_for_either_activation(tmp_path, activation):
+    # The closed-form grid puts density 5 on the mesh: above it just inside, below it just outside. Under exp the
+    # raw slope is shallower (4 per voxel, not 15), else the clamped profile moved the surface by ~0.3 voxel
+    # (measured before the fix: sigma 1.7 at 3 % inside a 24^3 sphere).
+    _sphere(tmp_path / "sphere.glb", subdivisions=3)
+    cfg = load_config([], ["field.grid_resolution=24", f"field.density_activation={activation}"])
+    placed, _ = import_mesh(tmp_path / "sphere.glb", cfg)
+    scene, _ = fit_field_to_mesh(placed, cfg, "cpu")
+    v = torch.as_tensor(placed.vertices, dtype=torch.float32)
+    with torch.no_grad():
+        inside, outside = scene.field.density(v * 0.96), scene.field.density(v * 1.04)
+    assert (inside > 5).all() and (outside < 5).all(), (float(inside.min()), float(outside.max()))
