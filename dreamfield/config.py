@@ -43,12 +43,13 @@ class FieldConfig:
     # DreamFusion's density "blob": lambda * exp(-|x|^2 / (2 sigma^2)) added before the activation
     blob_density: float = 5.0
     blob_radius: float = 0.5  # toy shapes reach ~0.5 from the centre; 0.2 let SDS shrink a cube to a cone
-    # "softplus" or "exp" (trunc_exp, DreamFusion's). On the toy prior softplus leaves sigma ~ 3-5 after 600 steps:
-    # a translucent shell whose inner normals point inward and cancel the outer ones (dark, speckled shading),
-    # which is why cubes come out round. exp makes the surface opaque and got 4 of 4 seed-1/2 cubes right (1 of 4
-    # with softplus) but kept the initial blob for a cone and closed both tori: seed 0, 12 prompts, 58 % vs 75 %.
-    density_activation: str = "softplus"
-    density_bias: float = -2.0  # constant added to the raw density (-1 left a visible fog of density 0.31 in the box)
+    # "exp" (trunc_exp, DreamFusion's) or "softplus". With softplus the toy prior's fields stop at sigma ~ 3-5 after
+    # 600 steps: a translucent shell whose inner normals point inward and cancel the outer ones (dark, speckled
+    # shading; cubes come out round). exp makes the surface opaque. With exp, bias -2 starts from a dense ball
+    # (sigma 20 at the centre) that a cone kept and tori closed over (seed 0: 58 %); bias -4 starts faint
+    # (sigma 2.7). Seeds 0-2, 12 prompts each: exp/-4 83.3 % shape, IoU 0.70; softplus/-2 80.6 %, IoU 0.65 (README)
+    density_activation: str = "exp"
+    density_bias: float = -4.0  # constant added to the raw density before the activation
     bounding_radius: float = 0.9  # density is zero outside this sphere; <= 0 disables
     normals: str = "finite_difference"  # "finite_difference" or "autograd"
     fd_eps: float = 0.01  # finite-difference step in world units
