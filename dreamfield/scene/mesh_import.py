@@ -34,7 +34,7 @@ cells are summed exactly. This is what makes a 64^3 fit take seconds on two core
 minutes.
 
 Density profile. The field gets, at every grid point, a raw density that is linear in the signed
-distance to the surface near it, ``raw = softplus^-1(SURFACE_LEVEL) - slope * sdf`` (clamped),
+distance to the surface near it, ``raw = act^-1(SURFACE_LEVEL) - slope * sdf`` (clamped; act the field's activation),
 so that (a) the exporter's default level (5 density units) lands on the mesh's surface to within
 interpolation error -- trilinear interpolation of a linear function is exact -- and (b) a ray
 meets an opaque solid within about one voxel of the surface, as in the toy renders.
