@@ -47,7 +47,7 @@ class FieldConfig:
     # 600 steps: a translucent shell whose inner normals point inward and cancel the outer ones (dark, speckled
     # shading; cubes come out round). exp makes the surface opaque. With exp, bias -2 starts from a dense ball
     # (sigma 20 at the centre) that a cone kept and tori closed over (seed 0: 58 %); bias -4 starts faint
-    # (sigma 2.7). Seeds 0-2, 12 prompts each: exp/-4 83.3 % shape, IoU 0.70; softplus/-2 80.6 %, IoU 0.65 (README)
+    # (sigma 2.7). Seeds 0-3, 12 prompts each: exp/-4 85.4 % shape, IoU 0.70; softplus/-2 79.2 %, IoU 0.65 (README)
     density_activation: str = "exp"
     density_bias: float = -4.0  # constant added to the raw density before the activation
     bounding_radius: float = 0.9  # density is zero outside this sphere; <= 0 disables

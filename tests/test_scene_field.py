@@ -29,7 +29,7 @@ def test_blob_init_density(kind, activation):
     cfg.density_activation = activation
     field = make_field(cfg)
     centre = field.density(torch.zeros(1, 3)).detach()
-    # raw ~ 0 at init: sigma(0) = act(0 + bias + lambda) = act(3): exp(3) ~ 20.1, softplus(3) ~ 3.05
+    # raw ~ 0 at init: sigma(0) = act(0 + bias + lambda) = act(1) with the defaults: exp(1) ~ 2.72, softplus(1) ~ 1.31
     act = math.exp if activation == "exp" else softplus
     assert float(centre) == pytest.approx(act(cfg.density_bias + cfg.blob_density), rel=0.02)
     dirs = F.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -179,4 +179,3 @@ def test_density_tv_closed_form_and_gradient():
     assert float(f64.density_tv().detach()) == pytest.approx(12.0)
     f64.density_tv().backward()
     assert (f64.density_grid.grad * board.view_as(f64.density_grid.grad) > 0).all()  # descent flattens the board
-
