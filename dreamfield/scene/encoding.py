@@ -1,11 +1,18 @@
 """Spatial encodings of a point in the scene box [-bound, bound]^3: a dense voxel grid and a
 multiresolution hash grid (Instant-NGP), both in plain PyTorch (so they run, and double-backward,
 on CPU and CUDA alike).
+
+The hash grid's lookup is a custom autograd Function that saves only its inputs (x and the table)
+and recomputes the corner indices and trilinear weights level by level in its backward, as
+tiny-cuda-nn does: autograd would otherwise keep int64 (N, L, 8, 3) index tensors per call. Its
+x-Jacobian is written out too (HashEncoding.grad_x), so the hash field's exact normals need no
+double backward. hash_encode_reference is the plain-autograd lookup it replaced, kept to test against.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +32,171 @@ def sample_grid(volume: Tensor, x: Tensor, bound: float) -> Tensor:
     grid = (x / bound).reshape(1, 1, 1, -1, 3).to(volume.dtype)  # grid_sample wants (x, y, z) order
     out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (1, C, 1, 1, N)
     return out.reshape(volume.shape[1], -1).t()
+
+
+class _Level(NamedTuple):
+    """One level's lattice: N_l cells per axis, side = N_l + 1 vertices per axis, its table rows
+    [offset, offset + size), hashed or dense (the rule in HashEncoding's docstring)."""
+
+    resolution: float
+    side: int
+    hashed: bool
+    size: int
+    offset: int
+
+
+def _level_lookup(x: Tensor, level: _Level, bound: float, primes: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """The 8 table rows around each point and its position in the cell, for one level.
+
+    x: (N, 3) world points. Returns idx (N, 8) int64 table rows, corner c = x_bit + 2 y_bit + 4 z_bit;
+    frac (N, 3) in [0, 1], differentiable in x when grad mode is on (only the double backward of the
+    encoding records a graph; Function.forward runs without one); dfrac (N, 3), d frac / d x:
+    N_l / (2 bound) inside the box, 0 where the clamp to the box is active, as autograd's clamp gives.
+    The hash is built from per-axis (N, 2) products, so no (N, 8, 3) tensor is made.
+    """
+    t = (x + bound) / (2 * bound)
+    pos = t.clamp(0.0, 1.0) * level.resolution  # (N, 3) in vertex units
+    base = torch.floor(pos).detach()
+    frac = pos - base
+    with torch.no_grad():
+        inside = (t >= 0.0) & (t <= 1.0)  # clamp's backward passes the gradient on [0, 1], ends included
+        dfrac = inside.to(frac.dtype) * (level.resolution / (2 * bound))
+        b = base.long()
+        v = torch.stack([b, b + 1], dim=1)  # (N, 2, 3): [corner bit, axis]
+        if level.hashed:
+            p = v * torch.tensor(primes, dtype=torch.int64, device=x.device)  # (N, 2, 3)
+            idx = p[:, :, None, None, 2] ^ p[:, None, :, None, 1] ^ p[:, None, None, :, 0]  # (N, 2z, 2y, 2x)
+            idx = torch.remainder(idx, level.size)
+        else:
+            v = v.clamp(max=level.side - 1)  # the box's far face: its +1 corners carry weight 0
+            s = level.side
+            idx = (v[:, :, None, None, 2] * s + v[:, None, :, None, 1]) * s + v[:, None, None, :, 0]
+        idx = idx.reshape(-1, 8) + level.offset
+    return idx, frac, dfrac
+
+
+def _axis_weights(frac: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """frac (N, 3) -> per-axis linear weights (1 - f, f), each (N, 2)."""
+    w = torch.stack([1 - frac, frac], dim=1)  # (N, 2, 3)
+    return w[:, :, 0], w[:, :, 1], w[:, :, 2]
+
+
+def _trilinear(wx: Tensor, wy: Tensor, wz: Tensor) -> Tensor:
+    """Corner weights w_c = wx[c_x] wy[c_y] wz[c_z] (N, 8), in corner order c = x + 2 y + 4 z."""
+    return ((wx[:, None, None, :] * wy[:, None, :, None]) * wz[:, :, None, None]).reshape(-1, 8)
+
+
+def _weight_jvp(wx: Tensor, wy: Tensor, wz: Tensor, d: Tensor) -> Tensor:
+    """sum_k (d w_c / d frac_k) d_k for each corner: d (N, 3) -> (N, 8)."""
+    sign = torch.tensor([-1.0, 1.0], dtype=d.dtype, device=d.device)
+    ex, ey, ez = sign * d[:, 0:1], sign * d[:, 1:2], sign * d[:, 2:3]  # d (1 - f, f) / d f = (-1, 1)
+    return _trilinear(ex, wy, wz) + _trilinear(wx, ey, wz) + _trilinear(wx, wy, ez)
+
+
+def _weight_vjp(wx: Tensor, wy: Tensor, wz: Tensor, s: Tensor) -> Tensor:
+    """sum_c s_c d w_c / d frac: s (N, 8) -> (N, 3) (the transpose of _weight_jvp)."""
+    s = s.reshape(-1, 2, 2, 2)  # (N, z, y, x)
+    dx = s[..., 1] - s[..., 0]  # (N, z, y)
+    dy = s[:, :, 1, :] - s[:, :, 0, :]  # (N, z, x)
+    dz = s[:, 1] - s[:, 0]  # (N, y, x)
+    gx = ((dx * wy[:, None, :]).sum(-1) * wz).sum(-1)
+    gy = ((dy * wx[:, None, :]).sum(-1) * wz).sum(-1)
+    gz = ((dz * wx[:, None, :]).sum(-1) * wy).sum(-1)
+    return torch.stack([gx, gy, gz], dim=-1)
+
+
+class _HashEncode(torch.autograd.Function):
+    """E(x) = concat_l sum_c w_c(x) T[idx_l,c(x)]: x (N, 3), table (rows, F) -> (N, L F).
+
+    Saves only x and the table; the backward recomputes each level's corners. The backward is made
+    of differentiable torch ops, so a double backward (field.normals="autograd" through
+    DensityField.raw_gradient) still works, at the cost of recording that graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, table: Tensor, levels: tuple[_Level, ...], bound: float, primes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, table)
+        ctx.levels, ctx.bound, ctx.primes = levels, bound, primes
+        n, f = x.shape[0], table.shape[1]
+        out = x.new_empty(n, len(levels), f)
+        for l, level in enumerate(levels):
+            idx, frac, _ = _level_lookup(x, level, bound, primes)
+            w = _trilinear(*_axis_weights(frac))  # (N, 8)
+            feats = table.index_select(0, idx.reshape(-1)).view(n, 8, f).to(x.dtype)
+            out[:, l] = (w[..., None] * feats).sum(dim=1)
+        return out.reshape(n, -1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, table = ctx.saved_tensors
+        need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx, gt = _encode_vjp(x, table, grad, ctx.levels, ctx.bound, ctx.primes, need_x, need_table)
+        return gx, gt, None, None, None
+
+
+def _encode_vjp(
+    x: Tensor,
+    table: Tensor,
+    grad: Tensor,
+    levels: tuple[_Level, ...],
+    bound: float,
+    primes: tuple[int, ...],
+    need_x: bool,
+    need_table: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """grad (N, L F) -> (grad^T dE/dx (N, 3), grad^T dE/dtable (rows, F)), each None where not needed.
+
+    dE_l/dx = sum_c T[idx_c] (d w_c / d frac) (d frac / d x); dE_l/dT[idx_c] = w_c (scatter-added).
+    """
+    n, f = x.shape[0], table.shape[1]
+    grad = grad.reshape(n, len(levels), f)
+    gx = torch.zeros_like(x) if need_x else None
+    gt = torch.zeros_like(table) if need_table else None
+    for l, level in enumerate(levels):
+        idx, frac, dfrac = _level_lookup(x, level, bound, primes)
+        wx, wy, wz = _axis_weights(frac)
+        g = grad[:, l]  # (N, F)
+        if gt is not None:
+            w = _trilinear(wx, wy, wz)
+            gt.index_add_(0, idx.reshape(-1), (w[..., None] * g[:, None, :]).reshape(-1, f).to(table.dtype))
+        if gx is not None:
+            feats = table.index_select(0, idx.reshape(-1)).view(n, 8, f).to(x.dtype)
+            gx += _weight_vjp(wx, wy, wz, (feats * g[:, None, :]).sum(dim=-1)) * dfrac
+    return gx, gt
+
+
+class _HashEncodeGradX(torch.autograd.Function):
+    """(dE/dx)^T h: x (N, 3), table (rows, F), h (N, L F) -> (N, 3), the chain rule's step from the
+    encoding's output back to the point (a Jacobian-vector product, no autograd graph of the lookup).
+
+    It is linear in the table and in h, so its backward is one more pass over the corners:
+    d/dh_l = sum_c T[idx_c] q_c and d/dT[idx_c] += q_c h_l, with q_c = (d w_c / d x) . G.
+    The points are constants here (HashEncoding.grad_x refuses x that requires grad).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, table: Tensor, h: Tensor, levels: tuple[_Level, ...], bound: float, primes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, table, h)
+        ctx.levels, ctx.bound, ctx.primes = levels, bound, primes
+        gx, _ = _encode_vjp(x, table, h, levels, bound, primes, need_x=True, need_table=False)
+        return gx
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, table, h = ctx.saved_tensors
+        n, f = x.shape[0], table.shape[1]
+        h = h.reshape(n, len(ctx.levels), f)
+        gt = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        gh = h.new_empty(h.shape) if ctx.needs_input_grad[2] else None
+        for l, level in enumerate(ctx.levels):
+            idx, frac, dfrac = _level_lookup(x, level, ctx.bound, ctx.primes)
+            q = _weight_jvp(*_axis_weights(frac), grad * dfrac)  # (N, 8): (d w_c / d x) . G
+            if gt is not None:
+                gt.index_add_(0, idx.reshape(-1), (q[..., None] * h[:, l, None, :]).reshape(-1, f).to(table.dtype))
+            if gh is not None:
+                feats = table.index_select(0, idx.reshape(-1)).view(n, 8, f).to(h.dtype)
+                gh[:, l] = (feats * q[..., None]).sum(dim=1)
+        return None, gt, None if gh is None else gh.reshape(n, -1), None, None, None
 
 
 class HashEncoding(nn.Module):
@@ -77,29 +249,44 @@ class HashEncoding(nn.Module):
         corners = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], dtype=torch.int64)
         self.register_buffer("corners", corners, persistent=False)  # (8, 3)
         self.register_buffer("primes", torch.tensor(self.PRIMES, dtype=torch.int64), persistent=False)
+        self._levels = tuple(_Level(float(r), r + 1, h, s, o) for r, h, s, o in zip(resolutions, hashed, sizes, offsets))
 
     @property
     def out_dim(self) -> int:
         return self.levels * self.features_per_level
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
-        u = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)  # (N, 3) in [0, 1]
-        pos = u[:, None, :] * self.resolution[None, :, None]  # (N, L, 3) in vertex units
-        base = torch.floor(pos).detach()
-        frac = pos - base  # (N, L, 3), differentiable in x
-        base = base.long()
-        vert = base[:, :, None, :] + self.corners[None, None]  # (N, L, 8, 3)
-        side = self.resolution.long() + 1  # (L,) vertices per axis
-        vert_c = torch.minimum(vert, (side - 1)[None, :, None, None])
-        dense_idx = vert_c[..., 0] + side[None, :, None] * (vert_c[..., 1] + side[None, :, None] * vert_c[..., 2])
-        p = vert * self.primes
-        hash_idx = torch.bitwise_xor(torch.bitwise_xor(p[..., 0], p[..., 1]), p[..., 2])
-        idx = torch.where(self.hashed[None, :, None], hash_idx, dense_idx)
-        idx = torch.remainder(idx, self.size[None, :, None]) + self.offset[None, :, None]  # (N, L, 8)
-        feats = self.table[idx.reshape(-1)].reshape(n, self.levels, 8, self.features_per_level)
-        # trilinear weights: prod over axes of (frac if corner bit else 1 - frac)
-        c = self.corners.to(frac.dtype)  # (8, 3)
-        w = (c * frac[:, :, None, :] + (1 - c) * (1 - frac[:, :, None, :])).prod(dim=-1)  # (N, L, 8)
-        out = (w[..., None] * feats.to(w.dtype)).sum(dim=2)  # (N, L, F)
-        return out.reshape(n, self.out_dim)
+        """x (N, 3) -> (N, L F); the same values as hash_encode_reference, lean in memory."""
+        return _HashEncode.apply(x, self.table, self._levels, self.bound, self.PRIMES)
+
+    def grad_x(self, x: Tensor, h: Tensor) -> Tensor:
+        """(d E / d x)^T h at x (N, 3) for h (N, L F) -> (N, 3): the gradient in x of sum_j h_j E_j(x)
+        with h held fixed, differentiable w.r.t. the table and h. x must not require grad."""
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError("HashEncoding.grad_x: x must not require grad (its second derivative in x is not implemented)")
+        return _HashEncodeGradX.apply(x, self.table, h, self._levels, self.bound, self.PRIMES)
+
+
+def hash_encode_reference(enc: HashEncoding, x: Tensor) -> Tensor:
+    """The original all-levels-at-once lookup in plain autograd, x (N, 3) -> (N, L F): the reference
+    HashEncoding.forward is tested against (it keeps (N, L, 8, 3) int64 tensors for the backward)."""
+    n = x.shape[0]
+    u = ((x + enc.bound) / (2 * enc.bound)).clamp(0.0, 1.0)  # (N, 3) in [0, 1]
+    pos = u[:, None, :] * enc.resolution[None, :, None]  # (N, L, 3) in vertex units
+    base = torch.floor(pos).detach()
+    frac = pos - base  # (N, L, 3), differentiable in x
+    base = base.long()
+    vert = base[:, :, None, :] + enc.corners[None, None]  # (N, L, 8, 3)
+    side = enc.resolution.long() + 1  # (L,) vertices per axis
+    vert_c = torch.minimum(vert, (side - 1)[None, :, None, None])
+    dense_idx = vert_c[..., 0] + side[None, :, None] * (vert_c[..., 1] + side[None, :, None] * vert_c[..., 2])
+    p = vert * enc.primes
+    hash_idx = torch.bitwise_xor(torch.bitwise_xor(p[..., 0], p[..., 1]), p[..., 2])
+    idx = torch.where(enc.hashed[None, :, None], hash_idx, dense_idx)
+    idx = torch.remainder(idx, enc.size[None, :, None]) + enc.offset[None, :, None]  # (N, L, 8)
+    feats = enc.table[idx.reshape(-1)].reshape(n, enc.levels, 8, enc.features_per_level)
+    # trilinear weights: prod over axes of (frac if corner bit else 1 - frac)
+    c = enc.corners.to(frac.dtype)  # (8, 3)
+    w = (c * frac[:, :, None, :] + (1 - c) * (1 - frac[:, :, None, :])).prod(dim=-1)  # (N, L, 8)
+    out = (w[..., None] * feats.to(w.dtype)).sum(dim=2)  # (N, L, F)
+    return out.reshape(n, enc.out_dim)

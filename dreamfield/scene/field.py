@@ -300,6 +300,32 @@ class HashGridField(DensityField):
     def _raw_density(self, x: Tensor) -> Tensor:
         return self._raw_all(x)[0]
 
+    def raw_gradient(self, x: Tensor) -> Tensor:
+        """The exact d raw / d x at x (N, 3) -> (N, 3) (field.normals="autograd"), by the chain rule
+        written out instead of a double backward through the hash gathers:
+
+            raw = m(E(x)),   d raw / d x = (dE/dx)^T h,   h = d m / d E = W_1^T D_1 W_2^T D_2 ... w_out,
+
+        m the MLP's density output, W_k its weights and D_k the 0/1 ReLU masks at E(x). The masks are
+        piecewise constant, so h depends on the MLP's weights only (a double backward through ReLU
+        finds the same: its mask has zero derivative). The result is differentiable w.r.t. the
+        table and the MLP's weights when grad mode is on; x is taken as a constant, as in
+        DensityField.raw_gradient.
+        """
+        x = x.detach()
+        linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        with torch.no_grad():  # the ReLU masks at E(x)
+            a = self.encoding(x)
+            masks = []
+            for lin in linears[:-1]:
+                a = lin(a)
+                masks.append(a > 0)
+                a = a.relu()
+        v = linears[-1].weight[0].expand(x.shape[0], -1)  # (N, hidden): d raw / d last hidden activation
+        for lin, mask in zip(reversed(linears[:-1]), reversed(masks)):
+            v = torch.where(mask, v, 0.0) @ lin.weight  # back through ReLU then Linear: (N, in)
+        return self.encoding.grad_x(x, v)  # v = h (N, L F)
+
     def _color_params(self) -> list[nn.Parameter]:
         return [self.encoding.table]
 
