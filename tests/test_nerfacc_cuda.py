@@ -327,3 +327,10 @@ def test_check_traversal_accepts_exact_marching_and_catches_wrong_marching():
     assert "wrong ray lengths" in _one_line_reason(nc.check_traversal(o, d, rays[keep], t_s[keep], t_e[keep], step))
     empty = torch.zeros(0)
     assert "no samples" in _one_line_reason(nc.check_traversal(o, d, empty.long(), empty, empty, step))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probe_passes_on_cuda():
+    """On a GPU with nvcc: the patched build (or its cache) loads and the packed path matches the dense one."""
+    assert nc.probe_packed(torch.device("cuda")) is None

@@ -56,6 +56,9 @@ __all__ = [
     "cache_key",
     "cache_root",
     "nerfacc_csrc",
+    "build_or_reuse",
+    "check_traversal",
+    "check_weights",
 ]
 
 EXT_NAME = "nerfacc_cuda"  # TORCH_EXTENSION_NAME: the .so exports PyInit_nerfacc_cuda
@@ -416,7 +419,9 @@ def _slab(o: Tensor, d: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return (far - near).clamp(min=0.0)
 
 
-def check_traversal(o: Tensor, d: Tensor, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, step: float) -> str | None:
+def check_traversal(
+    o: Tensor, d: Tensor, ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, step: float
+) -> str | None:
     """Packed samples of a grid whose occupied cells are x < 0 of the box [-1, 1]^3 (n rays, M samples).
 
     Every sample's midpoint must lie in the occupied half, and each ray's summed interval length
@@ -424,11 +429,12 @@ def check_traversal(o: Tensor, d: Tensor, ray_indices: Tensor, t_starts: Tensor,
     """
     if t_starts.shape[0] == 0:
         return "the occupancy-grid marching returned no samples"
+    rays = ray_indices.long()  # nerfacc returns int32 indices
     t_mid = (t_starts + t_ends) / 2.0
-    x = o[ray_indices] + d[ray_indices] * t_mid[:, None]  # (M, 3)
+    x = o[rays] + d[rays] * t_mid[:, None]  # (M, 3)
     if not bool(torch.isfinite(x).all()) or float(x[:, 0].max()) > 1e-3 or float(x.abs().max()) > 1.0 + 1e-3:
         return "the occupancy-grid marching placed samples outside the occupied cells"
-    length = torch.zeros(o.shape[0], dtype=torch.float64).index_add_(0, ray_indices.long(), (t_ends - t_starts).double())
+    length = torch.zeros(o.shape[0], dtype=torch.float64).index_add_(0, rays, (t_ends - t_starts).double())
     lo, hi = torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([0.0, 1.0, 1.0])
     expected = _slab(o.double(), d.double(), lo.double(), hi.double())
     err = float((length - expected).abs().max())
