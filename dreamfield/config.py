@@ -188,7 +188,14 @@ class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["glb"])
     min_component: float = 0.05  # drop components with fewer faces than this share of the largest
     smooth_iterations: int = 0
-    target_faces: int = 0  # decimate to this many faces; 0 = keep
+    target_faces: int = 20000  # decimate to this many faces (quadric, fast_simplification); 0 = keep
+    # "texture": xatlas uv charts + the albedo baked into an sRGB PNG (GLB embeds it; OBJ + MTL + PNG);
+    # "vertex": per-vertex colours (linear COLOR_0 in GLB). PLY always has sRGB vertex colours.
+    colour: str = "texture"
+    texture_size: int = 1024  # texture side in texels
+    # mesh vs field at every export: views on the video orbit rendered both ways (0 = skip), and their size
+    compare_views: int = 8
+    compare_resolution: int = 128
     video_frames: int = 60
     video_fps: int = 20
     video_resolution: int = 128

@@ -1,5 +1,5 @@
-"""Mesh export: marching cubes of analytic fields, clean-up, glTF Y-up, GLB/OBJ/PLY round trips and
-the Khronos glTF validator."""
+"""Mesh export: marching cubes of analytic fields, clean-up, glTF Y-up, GLB/OBJ/PLY round trips (vertex
+colours and textures) and the Khronos glTF validator."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ import pytest
 import torch
 import trimesh
 
-from dreamfield.config import ExportConfig
+from dreamfield.config import CameraConfig, ExportConfig, RenderConfig
+from dreamfield.export.gltf import read_glb_json, srgb_to_linear
 from dreamfield.export.mesh import (
     DEFAULT_LEVEL,
     WORLD_TO_GLTF,
     EmptyMeshError,
     choose_level,
     density_grid,
+    export_asset,
     extract_mesh,
     save_mesh,
 )
+from dreamfield.toy.measures import load_mesh
 from fields import EmptyField, SphereField, UnionField
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,17 @@ def sphere_mesh() -> trimesh.Trimesh:
 @pytest.fixture(scope="module")
 def sphere_files(sphere_mesh, out_dir) -> list[Path]:
     return save_mesh(sphere_mesh, out_dir / "sphere", ["glb", "obj", "ply"])
+
+
+@pytest.fixture(scope="module")
+def textured_asset(out_dir) -> dict:
+    """The default export (textured GLB + OBJ/MTL/PNG + PLY) of a two-colour sphere, with its
+    mesh-vs-field figures."""
+    field = SphereField(radius=0.4, colour=RED, top_colour=BLUE, centre=CENTRE, peak=50.0, width=0.01)
+    cfg = ExportConfig(density_blur=0.0, threshold=25.0, resolution=96, texture_size=512, compare_views=4,
+                       compare_resolution=64, formats=["glb", "obj", "ply"])
+    render_cfg = RenderConfig(n_samples=256)
+    return export_asset(field, cfg, 1.0, out_dir / "textured", None, "cpu", render_cfg, CameraConfig())
 
 
 # world centre of the two-colour sphere; every axis different so a wrong axis map shows
@@ -96,8 +110,22 @@ def test_formats_read_back_with_volume_and_colour(sphere_files, sphere_mesh, fmt
     assert len(back.vertices) == len(sphere_mesh.vertices)
     assert back.is_watertight
     assert back.volume == pytest.approx(SPHERE_VOLUME, rel=0.02)
-    colours = np.asarray(back.visual.vertex_colors)[:, :3]
+    if fmt == "glb":  # COLOR_0 is linear (glTF spec); trimesh keeps it beside the material, as stored
+        (geometry,) = trimesh.load(path).geometry.values()
+        stored = np.asarray(geometry.visual.vertex_attributes["color"])
+        np.testing.assert_allclose(stored, np.tile(srgb_to_linear(rgb8(RED) / 255), (len(stored), 1)), atol=1e-6)
+    colours = np.asarray(load_mesh(path).visual.vertex_colors)[:, :3]  # sRGB again
     assert (colours == rgb8(RED)).all(), np.unique(colours, axis=0)
+
+
+def test_glb_vertex_colours_are_linear_floats(sphere_files):
+    (path,) = [p for p in sphere_files if p.suffix == ".glb"]
+    tree = read_glb_json(path)
+    (prim,) = tree["meshes"][0]["primitives"]
+    colour = tree["accessors"][prim["attributes"]["COLOR_0"]]
+    assert (colour["componentType"], colour["type"]) == (5126, "VEC3")  # float, no 8-bit loss in the darks
+    assert tree["asset"]["generator"] == "dreamfield"
+    assert tree["materials"][0]["pbrMetallicRoughness"] == {"metallicFactor": 0.0, "roughnessFactor": 1.0}
 
 
 def test_foggy_field_uses_the_mid_level():
@@ -122,7 +150,7 @@ def test_threshold_override_and_its_check():
 
 def test_y_up_axis_map_and_top_colour(two_colour_glb):
     assert np.linalg.det(WORLD_TO_GLTF) == pytest.approx(1.0)
-    mesh = trimesh.load(two_colour_glb, force="mesh")
+    mesh = load_mesh(two_colour_glb)
     cx, cy, cz = CENTRE
     expected_centre = np.array([cy, cz, cx])  # x_out = y_w, y_out = z_w, z_out = x_w
     np.testing.assert_allclose(mesh.bounds.mean(axis=0), expected_centre, atol=0.01)
@@ -150,7 +178,7 @@ def test_floaters_are_dropped():
 
 
 def test_smoothing_and_decimation(cleaned_glb):
-    mesh = trimesh.load(cleaned_glb, force="mesh")
+    mesh = load_mesh(cleaned_glb)
     assert 0 < len(mesh.faces) <= 1500
     assert mesh.volume == pytest.approx(SPHERE_VOLUME, rel=0.03)
     assert (np.asarray(mesh.visual.vertex_colors)[:, :3] == rgb8(RED)).all()
@@ -193,15 +221,20 @@ def validate_gltf(path: Path) -> dict:
     return json.loads(run.stdout)
 
 
-def test_every_glb_passes_the_gltf_validator(sphere_files, two_colour_glb, cleaned_glb, out_dir):
+def test_every_glb_passes_the_gltf_validator(sphere_files, two_colour_glb, cleaned_glb, textured_asset, out_dir):
     glbs = sorted(out_dir.glob("*.glb"))
-    assert len(glbs) == 3
+    assert len(glbs) == 4
     for path in glbs:
         report = validate_gltf(path)
         issues = report["issues"]
-        errors = [m for m in issues["messages"] if m["severity"] == 0]
-        assert issues["numErrors"] == 0, (path.name, errors)
+        messages = [m for m in issues["messages"] if m["severity"] <= 1]  # errors and warnings
+        assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, (path.name, messages)
         assert report["info"]["totalVertexCount"] > 0
+    info = validate_gltf(out_dir / "textured.glb")["info"]
+    assert info["materialCount"] == 1 and info["hasTextures"] and info["maxUVs"] == 1
+    assert info["totalTriangleCount"] == textured_asset["faces"]
+    (image,) = [r["image"] for r in info["resources"] if r["pointer"] == "/images/0"]
+    assert (image["width"], image["height"], image["transfer"]) == (512, 512, "srgb")
 
 
 def test_density_blur_matches_scipy_and_keeps_constants():

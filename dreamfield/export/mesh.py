@@ -26,31 +26,36 @@ the density grid:
   an empty background) that mid level is exactly the surface. Measuring from the minimum, not
   from zero, means a uniform haze yields no surface (EmptyMeshError) rather than the whole box.
 
-Colour space: the files carry the field's sRGB albedo as 8-bit values in every format, so a mesh
-read back with trimesh gives the colours the field was given (the toy measures rely on it). Note
-that the glTF specification defines COLOR_0 as linear; glTF viewers therefore show these colours
-somewhat lighter than the renders.
+Colour. ``export.colour = "texture"`` (the default) unwraps the surface into uv charts (xatlas) and
+bakes the field's albedo into an sRGB PNG (texture.py): GLB embeds it in a metallic-roughness
+material (metallic 0, roughness 1), OBJ is written as OBJ + MTL + PNG side by side. ``"vertex"``
+stores the albedo per vertex instead. PLY always carries sRGB 8-bit vertex colours. In a GLB,
+COLOR_0 is linear floats (the glTF spec's colour space; gltf.py); OBJ and PLY vertex colours are
+sRGB as is customary. In memory (:func:`extract_mesh`'s result) vertex colours are sRGB 8-bit.
+
+Every export is checked against its field: :func:`export_asset` renders the mesh with the
+project's rasteriser (raster.py) and the field with the volume renderer from the same orbit and
+reports silhouette IoU and colour PSNR.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import trimesh
 from skimage import measure
 
-from dreamfield.config import ExportConfig
+from dreamfield.config import CameraConfig, ExportConfig, RenderConfig
+from dreamfield.export.gltf import WORLD_TO_GLTF, glb_bytes, obj_files, png_bytes, write_atomic
 
 DEFAULT_LEVEL = 5.0  # density units; see the module docstring
 FORMATS = ("glb", "obj", "ply")
-
-# world (z up) -> glTF (Y up): x_out = y_w, y_out = z_w, z_out = x_w. A cyclic permutation of the
-# axes, hence a proper rotation (det = +1): triangle winding, and so outward normals, survive it.
-WORLD_TO_GLTF = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+COLOURS = ("texture", "vertex")
 assert round(float(np.linalg.det(WORLD_TO_GLTF))) == 1
 
 
@@ -263,11 +268,30 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh
     return out
 
 
-def save_mesh(mesh: trimesh.Trimesh, out_stem: str | Path, formats: Sequence[str] = ("glb",)) -> list[Path]:
-    """Write `mesh` as ``<out_stem>.<fmt>`` for each format in glb / obj / ply, vertex colours kept
-    (GLB: COLOR_0 unsigned bytes; OBJ: ``v x y z r g b``; PLY: red/green/blue/alpha uchar).
+def _unit_normals(mesh: trimesh.Trimesh) -> np.ndarray:
+    """(V, 3) float64 unit vertex normals; a vertex without a usable normal gets +Y (glTF requires
+    unit NORMAL vectors)."""
+    n = np.asarray(mesh.vertex_normals, dtype=np.float64)
+    length = np.linalg.norm(n, axis=1, keepdims=True)
+    bad = ~np.isfinite(length[:, 0]) | (length[:, 0] < 1e-12)
+    n = n / np.where(bad[:, None], 1.0, length)
+    n[bad] = (0.0, 1.0, 0.0)
+    return n
 
-    Returns the paths written, in the order of `formats`.
+
+def save_mesh(mesh: trimesh.Trimesh, out_stem: str | Path, formats: Sequence[str] = ("glb",),
+              textured: Optional[trimesh.Trimesh] = None) -> list[Path]:
+    """Write ``<out_stem>.<fmt>`` for each format in glb / obj / ply, each file atomically.
+
+    Args:
+        mesh: the vertex-coloured surface from :func:`extract_mesh` (sRGB 8-bit vertex colours).
+        textured: its textured copy from :func:`dreamfield.export.texture.texture_mesh`, or None.
+            When given, GLB embeds the texture and OBJ is written as ``<stem>.obj`` + ``<stem>.mtl``
+            + ``<stem>_albedo.png``; PLY always takes the vertex colours of `mesh`.
+    Without `textured`: GLB has COLOR_0 as linear floats, OBJ ``v x y z r g b`` (sRGB), PLY
+    red/green/blue/alpha uchar (sRGB).
+
+    Returns the paths written, in the order of `formats` (an OBJ's MTL and PNG after it).
     """
     for fmt in formats:
         if fmt not in FORMATS:
@@ -277,10 +301,77 @@ def save_mesh(mesh: trimesh.Trimesh, out_stem: str | Path, formats: Sequence[str
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        if fmt == "obj":
-            data = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_color=True)
+        if fmt == "ply":
+            paths.append(write_atomic(path, mesh.export(file_type="ply")))
+        elif textured is not None:
+            uv = np.asarray(textured.visual.uv, dtype=np.float64)
+            png = png_bytes(np.asarray(textured.visual.material.baseColorTexture.convert("RGB")))
+            verts, normals, faces = np.asarray(textured.vertices), _unit_normals(textured), np.asarray(textured.faces)
+            if fmt == "glb":
+                paths.append(write_atomic(path, glb_bytes(verts, normals, faces, uv=uv, texture_png=png)))
+            else:
+                png_path, mtl_path = stem.with_name(f"{stem.name}_albedo.png"), stem.with_name(f"{stem.name}.mtl")
+                obj, mtl = obj_files(verts, normals, faces, uv, png_path.name, mtl_path.name)
+                paths += [write_atomic(png_path, png), write_atomic(mtl_path, mtl), write_atomic(path, obj)]
+                paths[-3:] = [paths[-1], paths[-2], paths[-3]]  # the obj first
+        elif fmt == "glb":
+            colours = np.asarray(mesh.visual.vertex_colors)
+            paths.append(write_atomic(path, glb_bytes(np.asarray(mesh.vertices), _unit_normals(mesh),
+                                                      np.asarray(mesh.faces), colours=colours)))
         else:
-            data = mesh.export(file_type=fmt)
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        paths.append(path)
+            paths.append(write_atomic(path, trimesh.exchange.obj.export_obj(mesh, include_normals=False,
+                                                                              include_color=True)))
     return paths
+
+
+def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, formats: Optional[Sequence[str]] = None,
+                 device=None, render_cfg: Optional[RenderConfig] = None,
+                 camera_cfg: Optional[CameraConfig] = None) -> dict:
+    """The whole mesh export of a field: extract, texture (cfg.colour), write, compare with the field.
+
+    The comparison (raster.mesh_vs_field) renders cfg.compare_views views on an orbit at
+    cfg.video_elevation, camera_cfg.preview_distance and camera_cfg.preview_fov, at
+    cfg.compare_resolution; skipped when render_cfg or camera_cfg is None or cfg.compare_views == 0.
+
+    Returns dict (JSON-serialisable): paths, faces, vertices, level, colour, texture_size (None for
+    vertex colours), mesh_vs_field (raster.mesh_vs_field's dict or None), seconds {mesh, texture,
+    write, compare, total}.
+    Raises:
+        EmptyMeshError when nothing exceeds the level; ValueError for bad settings.
+    """
+    from dreamfield.export.raster import mesh_vs_field
+    from dreamfield.export.texture import texture_mesh
+    from dreamfield.scene.cameras import orbit_cameras
+
+    if cfg.colour not in COLOURS:
+        raise ValueError(f"export.colour: {cfg.colour!r} is not one of {', '.join(COLOURS)}")
+    if cfg.compare_views < 0 or cfg.compare_resolution < 1:
+        raise ValueError(f"export.compare_views must be >= 0 and export.compare_resolution >= 1, "
+                         f"got {cfg.compare_views}, {cfg.compare_resolution}")
+    formats = list(formats if formats is not None else cfg.formats)
+    seconds = {}
+    t0 = t = time.perf_counter()
+    mesh = extract_mesh(field, cfg, bound, device)
+    seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()
+    textured = None
+    if cfg.colour == "texture":
+        textured = texture_mesh(field, mesh, np.asarray(mesh.vertices) @ WORLD_TO_GLTF, cfg.texture_size, cfg.chunk, device)
+    seconds["texture"], t = time.perf_counter() - t, time.perf_counter()
+    paths = save_mesh(mesh, out_stem, formats, textured)
+    seconds["write"], t = time.perf_counter() - t, time.perf_counter()
+    figures = None
+    if render_cfg is not None and camera_cfg is not None and cfg.compare_views > 0:
+        cams = orbit_cameras(cfg.compare_views, cfg.video_elevation, camera_cfg.preview_distance, camera_cfg.preview_fov)
+        figures = mesh_vs_field(field, textured if textured is not None else mesh, render_cfg, cams, cfg.compare_resolution)
+    seconds["compare"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    return {
+        "paths": [str(p) for p in paths],
+        "faces": int(len(mesh.faces)),
+        "vertices": int(len((textured if textured is not None else mesh).vertices)),
+        "level": float(mesh.metadata["level"]),
+        "colour": cfg.colour,
+        "texture_size": cfg.texture_size if textured is not None else None,
+        "mesh_vs_field": figures,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }

@@ -14,7 +14,8 @@ spoils at most the columns through it along one axis, and the vote keeps the oth
 
 "Visible surface": a face counts when a probe 1.5 cells out along its normal lies outside the mesh's
 solid (the occupancy with its interior cavities filled); faces inside cavities or on inner shells of
-fog don't. Colours are the mesh's vertex colours as stored (sRGB 8-bit, as the exporter writes them).
+fog don't. Colours are sRGB: the texture at each face's centroid for a textured mesh, else the vertex
+colours (load_mesh turns a GLB's linear COLOR_0 back into sRGB).
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ def world_to_gltf(vertices: np.ndarray) -> np.ndarray:
 
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
-    """Read an exported mesh (GLB/OBJ/PLY) as one Trimesh, scene nodes' transforms applied."""
+    """Read an exported mesh (GLB/OBJ/PLY) as one Trimesh, scene nodes' transforms applied.
+
+    Colours come back as the exporter's sRGB: a texture is kept as it is (sRGB), and a glTF file's
+    COLOR_0, linear by the glTF spec (what dreamfield writes), is converted to sRGB 8-bit; trimesh's
+    own GLBs, which hold sRGB bytes, are left alone (gltf.glb_colour_is_linear)."""
+    from dreamfield.export.gltf import load_gltf_mesh
+
+    if Path(path).suffix.lower() in (".glb", ".gltf"):
+        return load_gltf_mesh(path)
     loaded = trimesh.load(str(path), force="mesh", process=False)
     if not isinstance(loaded, trimesh.Trimesh):
         raise ValueError(f"{path}: could not read a triangle mesh (got {type(loaded).__name__})")
@@ -162,21 +171,30 @@ def best_iou(occ: np.ndarray, shape: str) -> tuple[float, float]:
 
 
 def visible_surface_colour(mesh: trimesh.Trimesh, occ: np.ndarray, world: bool = False) -> Optional[np.ndarray]:
-    """Area-weighted mean vertex colour (sRGB, (3,) in [0, 1]) over the faces of the visible surface,
-    or None when the mesh carries no colours. occ: the mesh's grid occupancy (res, res, res) [x, y, z]."""
+    """Area-weighted mean surface colour (sRGB, (3,) in [0, 1]) over the faces of the visible surface,
+    or None when the mesh carries no colours. occ: the mesh's grid occupancy (res, res, res) [x, y, z].
+
+    A face's colour: a textured mesh's texture sampled (bilinear) at the uv of the face's centroid;
+    otherwise the mean of its vertex colours, or its face colour."""
+    from dreamfield.export.raster import sample_texture, texture_of
+
     if len(mesh.faces) == 0:
         return None
     visual = mesh.visual
-    if visual.kind == "texture":
-        visual = visual.to_color()
-    if visual.kind != "vertex":
+    textured = texture_of(mesh)
+    if textured is not None:
+        uv, image = textured
+        face_rgb = sample_texture(image, uv[np.asarray(mesh.faces)].mean(axis=1)).double().numpy()  # (F, 3)
+    else:
+        if visual.kind == "texture":
+            visual = visual.to_color()
         if visual.kind == "face":
             face_rgb = np.asarray(visual.face_colors, dtype=np.float64)[:, :3] / 255.0
+        elif visual.kind == "vertex":
+            vc = np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+            face_rgb = vc[np.asarray(mesh.faces)].mean(axis=1)  # (F, 3)
         else:
             return None
-    else:
-        vc = np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
-        face_rgb = vc[np.asarray(mesh.faces)].mean(axis=1)  # (F, 3)
     verts = np.asarray(mesh.vertices, dtype=np.float64)
     verts = verts if world else gltf_to_world(verts)
     tri = verts[np.asarray(mesh.faces)]
