@@ -1,18 +1,19 @@
 """Atomic checkpoints of an optimisation run: field, background, optimiser, RNG states and step.
 
-Files are written with ``torch.save`` to a temporary name in the same folder and renamed over the
-target (``os.replace`` is atomic on POSIX), so a crash mid-write never leaves a half checkpoint
+Files are written with ``torch.save`` through :func:`dreamfield.files.atomic_path` (a temporary name
+in the same folder, renamed over the target), so a crash mid-write never leaves a half checkpoint
 behind. They are read back with ``torch.load(weights_only=True)``: only tensors and plain
 containers are accepted, never arbitrary pickled objects.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dreamfield.files import atomic_path
 
 CHECKPOINT_VERSION = 1
 
@@ -24,14 +25,8 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically to ``path`` (tmp file + rename). Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    payload = dict(state, version=CHECKPOINT_VERSION)
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state, version=CHECKPOINT_VERSION), tmp)
     return path
 
 

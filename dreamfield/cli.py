@@ -1,4 +1,5 @@
-"""The ``dreamfield`` command: generate, edit, export, sample, demo.
+"""The ``dreamfield`` command: parse the arguments and dispatch to a flow (generate, edit, export,
+sample, demo). Nothing imports this module.
 
 Every user-facing failure (bad config key, missing model folder, empty prompt, corrupt checkpoint,
 NaN in the loss...) ends as one line on stderr and exit status 2; set ``DREAMFIELD_DEBUG=1`` to see
@@ -10,17 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from dreamfield import __version__
-
-
-class UsageError(ValueError):
-    """Bad command-line input (one line)."""
+from dreamfield.errors import UsageError, check_prompt
 
 
 # ----------------------------------------------------------------------------------------------
@@ -39,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _optimise_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (optim.steps)")
-    p.add_argument("--out", default=None, help="run folder (default: outputs/<prompt-slug>-<time>)")
+    p.add_argument("--out", default=None, help="run folder (default: <run.out>/<prompt-slug>-<time>, run.out = outputs)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--no-export", action="store_true", help="skip mesh and video export at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--source-prompt", default=None,
                    help="what the source shows, e.g. 'a red cube' (default for a run folder: its prompt)")
     e.add_argument("--target-prompt", default=None, help="what it should become, e.g. 'a blue cube'")
-    e.add_argument("--method", default=None, choices=["dds", "pds"], help="edit objective (default dds)")
     _optimise_args(e)
 
     x = sub.add_parser("export", help="mesh (GLB/OBJ/PLY) and turntable video of a run")
@@ -81,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default=None, choices=["ddim", "ddpm", "langevin"])
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--n", type=int, default=None, help="samples per view")
-    s.add_argument("--guidance", type=float, default=None)
+    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default prior.guidance_scale)")
     s.add_argument("--eta", type=float, default=None)
     s.add_argument("--views", default="front,side,back,overhead",
                    help="comma-separated view suffixes to sample, or 'none' for the bare prompt")
@@ -94,23 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers
+# commands: each turns its arguments into a config and calls one flow
 
 
-def slugify(text: str, max_len: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].strip("-") or "run"
-
-
-def check_prompt(prompt: Optional[str], what: str = "prompt") -> str:
-    if prompt is None or not prompt.strip():
-        raise UsageError(f"empty {what}: give a text such as \"a red cube\"")
-    return prompt.strip()
-
-
-def load_cfg(args, base_files: Sequence[str] = ()):
-    from dreamfield.config import load_config
-
+def cli_overrides(args) -> list[str]:
+    """--set overrides plus the options that stand for config keys (--steps, --seed, --device, --model)."""
     overrides = list(args.overrides)
     if getattr(args, "steps", None) is not None:
         overrides.append(f"optim.steps={args.steps}")
@@ -120,175 +103,61 @@ def load_cfg(args, base_files: Sequence[str] = ()):
         overrides.append(f"run.device={args.device}")
     if getattr(args, "model", None) is not None:
         overrides.append(f"prior.model={json.dumps(args.model)}")
-    return load_config(list(base_files) + list(args.config), overrides)
-
-
-def new_run_dir(out: Optional[str], prompt: str) -> Path:
-    if out is not None:
-        run_dir = Path(out)
-        if (run_dir / "checkpoints" / "last.pt").exists() or (run_dir / "config.yaml").exists():
-            raise UsageError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --out")
-        return run_dir
-    return Path("outputs") / f"{slugify(prompt)}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _set_threads(cfg) -> None:
-    import torch
-
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-
-
-# ----------------------------------------------------------------------------------------------
-# commands
+    return overrides
 
 
 def cmd_generate(args) -> int:
-    from dreamfield.optimize import optimize, resolve_device
-    from dreamfield.prior import load_prior
+    from dreamfield.config import load_config
+    from dreamfield.generate import resume_config, run_generate
+    from dreamfield.run import RunFolder
 
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise UsageError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-        cfg = load_cfg(args, [str(run_dir / "config.yaml")])
-        meta = json.loads((run_dir / "prompt.json").read_text())
-        prompt = meta["prompt"]
-        if not (run_dir / "checkpoints" / "last.pt").exists():
-            raise UsageError(f"--resume {run_dir}: no checkpoints/last.pt to resume from")
+        run, cfg, prompt = resume_config(args.resume, args.config, cli_overrides(args))
     else:
         prompt = check_prompt(args.prompt)
-        cfg = load_cfg(args)
-        run_dir = new_run_dir(args.out, prompt)
-    _set_threads(cfg)
-    device = resolve_device(cfg.run.device)
-    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
-    if not args.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "prompt.json").write_text(json.dumps({"command": "generate", "prompt": prompt}) + "\n")
-    print(f"dreamfield: generating {prompt!r} in {run_dir} on {device}", file=sys.stderr)
-    t0 = time.perf_counter()
-    scene = optimize(cfg, prompt, run_dir, prior, device, resume=bool(args.resume), progress=not args.quiet)
-    _write_timing(run_dir, time.perf_counter() - t0)
-    if cfg.run.export and not args.no_export:
-        _export(cfg, scene, run_dir, device)
-    print(f"dreamfield: done: {run_dir}", file=sys.stderr)
+        cfg = load_config(args.config, cli_overrides(args))
+        run = RunFolder.new(args.out, prompt, cfg.run.out)
+    run_generate(cfg, prompt, run, resume=bool(args.resume), export=not args.no_export, progress=not args.quiet)
     return 0
 
 
-def _write_timing(run_dir: Path, seconds: float, key: str = "optimize_seconds", accumulate: bool = True) -> None:
-    """Record seconds in run_dir/timing.json: optimisation time adds up over resumes, export time is the last."""
-    path = run_dir / "timing.json"
-    timing = json.loads(path.read_text()) if path.is_file() else {}
-    timing[key] = (timing.get(key, 0.0) if accumulate else 0.0) + seconds
-    path.write_text(json.dumps(timing) + "\n")
-
-
-def _export(cfg, scene, run_dir: Path, device, formats=None, video: bool = True) -> None:
-    from dreamfield.export.mesh import EmptyMeshError, extract_mesh, save_mesh
-    from dreamfield.export.video import contact_sheet, turntable
-
-    t0 = time.perf_counter()
-    try:
-        mesh = extract_mesh(scene.field, cfg.export, cfg.field.bound, device)
-        paths = save_mesh(mesh, run_dir / "mesh", formats or cfg.export.formats)
-        print(f"dreamfield: mesh {', '.join(str(p) for p in paths)} ({len(mesh.faces)} faces)", file=sys.stderr)
-    except EmptyMeshError as exc:
-        print(f"dreamfield: warning: no mesh exported: {exc}", file=sys.stderr)
-    if video:
-        ex, cam = cfg.export, cfg.camera
-        turntable(
-            scene.field, scene.background, cfg.render, run_dir / "turntable.mp4", ex.video_frames, ex.video_fps,
-            ex.video_resolution, ex.video_elevation, cam.preview_distance, cam.preview_fov,
-            normals=ex.video_normals, gif=ex.gif,
-        )
-        contact_sheet(
-            scene.field, scene.background, cfg.render, run_dir / "views.png", 4, ex.video_resolution,
-            ex.video_elevation, cam.preview_distance, cam.preview_fov,
-        )
-    _write_timing(run_dir, time.perf_counter() - t0, "export_seconds", accumulate=False)
-
-
-def load_run_scene(run_dir: Path, device_name: Optional[str] = None):
-    """(cfg, scene, device) of a finished or stopped run folder, from its last checkpoint."""
-    from dreamfield.checkpoint import load_checkpoint
-    from dreamfield.config import load_config
-    from dreamfield.optimize import make_scene, resolve_device
-
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise UsageError(f"run folder not found: {run_dir}")
-    if run_dir.is_file():  # a checkpoint file inside a run folder
-        ckpt, run_dir = run_dir, run_dir.parent.parent
-    else:
-        ckpt = run_dir / "checkpoints" / "last.pt"
-    if not (run_dir / "config.yaml").is_file():
-        raise UsageError(f"{run_dir} is not a dreamfield run folder (no config.yaml)")
-    cfg = load_config([run_dir / "config.yaml"], [f"run.device={device_name}"] if device_name else [])
-    device = resolve_device(cfg.run.device)
-    state = load_checkpoint(ckpt)
-    scene = make_scene(cfg, device)
-    scene.load_state_dict(state["scene"])
-    return cfg, scene, device
-
-
 def cmd_export(args) -> int:
-    cfg, scene, device = load_run_scene(Path(args.run_dir), args.device)
+    from dreamfield.run import export_run, find_run, load_run_scene
+
+    run, _ = find_run(args.run_dir)
+    cfg, scene, _ = load_run_scene(args.run_dir, args.device)
     if args.threshold is not None:
         cfg.export.threshold = args.threshold
     if args.resolution is not None:
         cfg.export.resolution = args.resolution
     if args.frames is not None:
         cfg.export.video_frames = args.frames
-    _export(cfg, scene, Path(args.run_dir), device, formats=args.format, video=not args.no_video)
+    export_run(cfg, scene, run, formats=args.format, video=not args.no_video)
     return 0
 
 
 def cmd_edit(args) -> int:
     from dreamfield.edit import run_edit
 
-    return run_edit(args)
+    run_edit(args.source, args.source_prompt, args.target_prompt, args.out, args.resume, args.config,
+             cli_overrides(args), export=not args.no_export, progress=not args.quiet)
+    return 0
 
 
 def cmd_sample(args) -> int:
-    import torch
-
-    from dreamfield.diffusion import sample
-    from dreamfield.optimize import image_grid, resolve_device
-    from dreamfield.prior import load_prior
+    from dreamfield.config import load_config
+    from dreamfield.sample import VIEWS, run_sample
 
     prompt = check_prompt(args.prompt)
-    cfg = load_cfg(args)
-    sc = cfg.sample
-    method = args.method or sc.method
-    steps = args.steps or sc.steps
-    n = args.n or sc.n
-    guidance = args.guidance if args.guidance is not None else sc.guidance_scale
-    eta = args.eta if args.eta is not None else sc.eta
-    _set_threads(cfg)
-    device = resolve_device(cfg.run.device)
-    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    cfg = load_config(args.config, cli_overrides(args))
     views = [] if args.views.strip().lower() == "none" else [v.strip() for v in args.views.split(",") if v.strip()]
     for v in views:
-        if v not in ("front", "side", "back", "overhead"):
-            raise UsageError(f"--views: {v!r} is not one of front, side, back, overhead, none")
-    texts = [f"{prompt}, {v} view" for v in views] or [prompt]
-    generator = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
-    rows = []
-    for text in texts:
-        emb = prior.embed([text] * n, cfg.prior.negative_prompt)
-
-        def eps_fn(x_t, t, emb=emb):
-            return prior.eps(x_t, t, emb, guidance)
-
-        shape = (n, prior.latent_channels, prior.latent_size, prior.latent_size)
-        z = sample(eps_fn, shape, prior.schedule, method=method, steps=steps, eta=eta, generator=generator,
-                   device=prior.device, progress=True)
-        rows.append(prior.decode(z.to(device)).float().cpu())
-    out = Path(args.out) if args.out else Path("outputs") / "samples" / f"{slugify(prompt)}-{method}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(torch.cat(rows), nrow=n).save(out)
-    print(f"dreamfield: {len(texts)} x {n} samples ({method}, {steps} steps, guidance {guidance}) -> {out}", file=sys.stderr)
+        if v not in VIEWS:
+            raise UsageError(f"--views: {v!r} is not one of {', '.join(VIEWS)}, none")
+    sc = cfg.sample
+    run_sample(cfg, prompt, views, method=args.method or sc.method, steps=args.steps or sc.steps, n=args.n or sc.n,
+               guidance=args.guidance if args.guidance is not None else cfg.prior.guidance_scale,
+               eta=args.eta if args.eta is not None else sc.eta, out=args.out)
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -102,15 +102,6 @@ class RenderConfig:
 
 
 @dataclass
-class CoarseToFineConfig:
-    """Render resolution grows over steps; milestones are (step, resolution) pairs."""
-
-    enabled: bool = False
-    milestones: list[int] = field(default_factory=lambda: [0])
-    resolutions: list[int] = field(default_factory=lambda: [64])
-
-
-@dataclass
 class PriorConfig:
     """The frozen latent diffusion model."""
 
@@ -166,7 +157,7 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    out: str = "outputs"  # parent folder of run folders
+    out: str = "outputs"  # parent folder of new run folders (and of `sample`'s images) when --out is not given
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     preview_every: int = 100
     checkpoint_every: int = 200
@@ -207,9 +198,6 @@ class ExportConfig:
 
 @dataclass
 class EditConfig:
-    source_prompt: str = ""
-    target_prompt: str = ""
-    method: str = "dds"  # "dds" or "pds"
     mesh_fit_steps: int = 300  # Adam steps to fit a field to an imported mesh (the direct grid field needs none)
     import_radius: float = 0.7  # an imported mesh is centred and scaled so its bounding sphere has this radius
     keep_scale: bool = False  # true: keep the mesh file's own placement and units (read as glTF Y up)
@@ -224,7 +212,6 @@ class SampleConfig:
     steps: int = 50
     eta: float = 0.0
     n: int = 4
-    guidance_scale: float = 7.5
 
 
 @dataclass
@@ -232,7 +219,6 @@ class Config:
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
-    coarse_to_fine: CoarseToFineConfig = dataclasses.field(default_factory=CoarseToFineConfig)
     prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
     guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -278,6 +264,7 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
             loaded = OmegaConf.load(p)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"{p}: not valid YAML ({type(exc).__name__})") from None
+        _drop_retired(loaded, p)
         try:
             base = OmegaConf.merge(base, loaded)
         except OmegaConfBaseException as exc:
@@ -294,6 +281,32 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     assert isinstance(cfg, Config)
     validate(cfg)
     return cfg
+
+
+# Keys that earlier versions wrote into every run's config.yaml and that never changed a run: a saved run
+# (to export, resume or edit) still loads. Given anywhere else, they are unknown keys like any other.
+RETIRED_KEYS = {
+    "coarse_to_fine": ("enabled", "milestones", "resolutions"),
+    "edit": ("source_prompt", "target_prompt", "method"),
+    "sample": ("guidance_scale",),
+}
+
+
+def _drop_retired(loaded: Any, path: Path) -> None:
+    """Remove RETIRED_KEYS from a loaded YAML mapping (in place); a coarse_to_fine section that was
+    enabled did change its run, so it is refused rather than dropped."""
+    if not isinstance(loaded, DictConfig):
+        return
+    c2f = loaded.get("coarse_to_fine")
+    if isinstance(c2f, DictConfig) and c2f.get("enabled", False):
+        raise ConfigError(f"{path}: coarse_to_fine was removed; set render.resolution instead")
+    for section, keys in RETIRED_KEYS.items():
+        node = loaded.get(section)
+        if section == "coarse_to_fine":
+            loaded.pop(section, None)
+        elif isinstance(node, DictConfig):
+            for k in keys:
+                node.pop(k, None)
 
 
 def _explain(exc: OmegaConfBaseException, key: str | None = None) -> str:
@@ -334,7 +347,6 @@ def validate(cfg: Config) -> None:
     choice("render.background", cfg.render.background, ("constant", "mlp"))
     choice("guidance.space", cfg.guidance.space, ("latent", "image"))
     choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
-    choice("edit.method", cfg.edit.method, ("dds", "pds"))
     choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))
     choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "bfloat16", "float32"))
     for f in cfg.export.formats:
@@ -369,9 +381,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
     if cfg.optim.steps < 0:
         raise ConfigError(f"optim.steps must be >= 0, got {cfg.optim.steps}")
-    c2f = cfg.coarse_to_fine
-    if len(c2f.milestones) != len(c2f.resolutions) or not c2f.milestones:
-        raise ConfigError("coarse_to_fine.milestones and coarse_to_fine.resolutions need the same non-zero length")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -18,29 +18,9 @@ over-saturates) cancels between the two terms; only the change that the prompt e
 remains. With Gaussian priors the gradient has no noise at all and the edit converges to
 z_src + (mu_target - mu_source): tests/test_distill.py checks both.
 
-Preservation (both off by default; configs/edit.yaml):
-
-- ``loss.preserve``: mean squared difference of the edited and the source renders of the step.
-  DDS alone has no term that holds what the prompts don't mention; with an imperfect prior the
-  residual of the two noise predictions drifts parts of the scene the edit should not touch. This
-  term pulls every pixel back, the edited ones included, so its weight trades edit strength for
-  fidelity (it is a mean over pixels, the distillation term a sum over latents).
-- ``edit.anchor_density``: |log(1 + sigma_edit) - log(1 + sigma_source)|^2 at random points of
-  the box. An appearance edit ("red" -> "blue") should not change the geometry, but the
-  distillation gradient reaches the density through every rendered pixel; anchoring the density
-  keeps the shape while leaving the albedo free. The log keeps dense interiors from dominating.
-  It is a mean over edit.anchor_points uniform points of the box, most of them in empty space, so
-  it needs large weights: editing a foggy generated red cube to blue (scripts/eval_edit.py, 150
-  steps) kept a volumetric IoU with the source of 0.76 without it, 0.80 at weight 10 or 100, and
-  0.90 at 1e4, still blue. An imported (sharp) cube kept 0.9999 without it.
-
-``--method pds`` (Posterior Distillation Sampling, Koo et al. 2024) is not implemented. Its
-gradient is the difference of the two "stochastic latents" (x_{t-1} - mu_phi(x_t)) / sigma_t with
-x_t and x_{t-1} drawn from q(. | x_0) with noises shared between source and target. Written out,
-the x_0 terms cancel exactly whenever mu_phi is the DDPM posterior mean between those two
-timesteps, leaving DDS reweighted by c_0 sqrt((1 - abar_t) / abar_t) / sigma_t; the source-pulling
-x_0 term of the reference code comes from taking one-step beta_t with a two-step t_prev. Adding it
-faithfully means choosing which of the two to reproduce, so it is left out rather than guessed.
+Preservation terms (``loss.preserve``, ``edit.anchor_density``; both off by default) belong to the
+objective: :class:`dreamfield.distill.objectives.DDS`. The edit defaults ship in the package
+(``dreamfield/defaults/edit.yaml``), read after a run-folder source's own config.yaml.
 
 Outputs, as for ``generate``: ``config.yaml``, ``prompt.json``, ``metrics.jsonl``, ``previews/``,
 ``checkpoints/``, ``timing.json``, the export (``mesh.glb``, ``turntable.mp4``, ``views.png``), and
@@ -52,36 +32,32 @@ again) and ``before_after.png`` (source views over edited views on the same orbi
 from __future__ import annotations
 
 import copy
-import json
-import sys
 import time
+from importlib.resources import files
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from dreamfield.checkpoint import load_checkpoint, save_checkpoint
-from dreamfield.cli import UsageError, _export, _set_threads, _write_timing, check_prompt, load_cfg, load_run_scene, new_run_dir
-from dreamfield.config import Config
-from dreamfield.optimize import EditSource, Scene, image_grid, make_scene, optimize, resolve_device
+from dreamfield.config import Config, load_config
+from dreamfield.device import resolve_device, set_threads
+from dreamfield.distill.objectives import DDS
+from dreamfield.errors import UsageError, check_prompt
+from dreamfield.export.video import image_grid
+from dreamfield.optimize import optimize
+from dreamfield.prior import load_prior
+from dreamfield.run import RunFolder, export_run, find_run, load_run_scene, save_image, say
 from dreamfield.scene.cameras import orbit_cameras
 from dreamfield.scene.mesh_import import MESH_SUFFIXES, fit_field_to_mesh, import_mesh, silhouette_agreement
-from dreamfield.scene.render import render
+from dreamfield.scene.scene import Scene, make_scene
 
-# The edit defaults: the repository's configs/edit.yaml (the package is installed editable).
-EDIT_DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "edit.yaml"
 SOURCE_SCENE = "source.pt"
 
 
-def _say(msg: str) -> None:
-    print(f"dreamfield: {msg}", file=sys.stderr)
-
-
-def _edit_defaults() -> list[str]:
-    if EDIT_DEFAULTS.is_file():
-        return [str(EDIT_DEFAULTS)]
-    _say(f"warning: {EDIT_DEFAULTS} not found; editing with the built-in defaults")
-    return []
+def edit_defaults() -> Path:
+    """The package's edit defaults (dreamfield/defaults/edit.yaml)."""
+    return Path(str(files("dreamfield") / "defaults" / "edit.yaml"))
 
 
 def source_kind(source: Optional[str]) -> tuple[str, Path]:
@@ -106,16 +82,14 @@ def check_prompts(source_prompt: Optional[str], target_prompt: Optional[str]) ->
     src = check_prompt(source_prompt, "--source-prompt")
     tgt = check_prompt(target_prompt, "--target-prompt")
     if src == tgt:
-        _say(f"warning: source and target prompts are both {tgt!r}: the DDS gradient is then zero up to "
-             "render noise and the scene will barely change")
+        say(f"warning: source and target prompts are both {tgt!r}: the DDS gradient is then zero up to "
+            "render noise and the scene will barely change")
     return src, tgt
 
 
-def check_method(method: str) -> None:
-    if method == "pds":
-        raise UsageError("--method pds (Posterior Distillation Sampling) is not implemented; use --method dds")
-    if method != "dds":
-        raise UsageError(f"--method {method!r} is not one of dds, pds")
+def _check_edit_config(cfg: Config) -> None:
+    if cfg.guidance.space != "latent":
+        raise UsageError(f"guidance.space={cfg.guidance.space}: edit runs DDS on the prior's latents; use guidance.space=latent")
 
 
 def _same_scene_layout(cfg: Config, source_cfg: Config) -> None:
@@ -131,29 +105,27 @@ def _same_scene_layout(cfg: Config, source_cfg: Config) -> None:
         )
 
 
-def load_source(kind: str, path: Path, args) -> tuple[Config, Scene, torch.device, dict]:
+def load_source(kind: str, path: Path, files_: Sequence[str], overrides: Sequence[str]) -> tuple[Config, Scene, dict]:
     """The edit's config, the frozen source scene on its device, and the description for source.json."""
     if kind == "run":
-        run_dir = path.parent.parent if path.is_file() else path
-        if not (run_dir / "config.yaml").is_file():
-            raise UsageError(f"{run_dir} is not a dreamfield run folder (no config.yaml)")
-        cfg = load_cfg(args, [str(run_dir / "config.yaml")] + _edit_defaults())
-        source_cfg, scene, device = load_run_scene(path, cfg.run.device)
+        run, ckpt = find_run(path)
+        cfg = load_config([str(run.dir / "config.yaml"), str(edit_defaults()), *files_], overrides)
+        _check_edit_config(cfg)
+        source_cfg, scene, _ = load_run_scene(path, cfg.run.device)
         _same_scene_layout(cfg, source_cfg)
-        meta_path = run_dir / "prompt.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        ckpt = path if path.is_file() else run_dir / "checkpoints" / "last.pt"
+        meta = run.meta()
         info = {
             "kind": "run",
-            "path": str(run_dir.resolve()),
+            "path": str(run.dir.resolve()),
             "checkpoint": str(ckpt.resolve()),
             "step": int(load_checkpoint(ckpt)["step"]),
             "command": meta.get("command"),
             "prompt": meta.get("prompt"),
         }
-        return cfg, scene, device, info
+        return cfg, scene, info
 
-    cfg = load_cfg(args, _edit_defaults())
+    cfg = load_config([str(edit_defaults()), *files_], overrides)
+    _check_edit_config(cfg)
     device = resolve_device(cfg.run.device)
     mesh, info = import_mesh(path, cfg)
     scene, report = fit_field_to_mesh(mesh, cfg, device, seed=cfg.run.seed)
@@ -168,88 +140,79 @@ def load_source(kind: str, path: Path, args) -> tuple[Config, Scene, torch.devic
         "seconds": round(report.seconds, 3),
     }
     info["silhouette"] = agreement
-    _say(
+    say(
         f"imported {path.name} ({info['faces']} faces, {'closed' if info['watertight'] else 'open'}, colour from "
         f"{info['colour_source']}) into a {cfg.field.kind} field in {report.seconds:.1f} s; silhouette IoU "
         f"{agreement['iou']:.3f} over {agreement['views']} views"
     )
     if "warning" in info:
-        _say(f"warning: {info['warning']}")
-    return cfg, scene, device, info
+        say(f"warning: {info['warning']}")
+    return cfg, scene, info
 
 
 @torch.no_grad()
 def before_after(cfg: Config, source: Scene, edited: Scene, path: Path, views: int, resolution: int) -> Path:
     """Source views (top row) over edited views (bottom row), Lambertian, on the preview orbit."""
-    device = next(edited.field.parameters()).device
-    cams = orbit_cameras(views, cfg.camera.preview_elevation, cfg.camera.preview_distance, cfg.camera.preview_fov, device)
-    rows = [
-        render(s.field, cams, resolution, resolution, cfg.render, s.background, "lambertian", stratified=False).rgb
-        for s in (source, edited)
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(torch.cat(rows), nrow=views).save(path)
-    return path
+    cams = orbit_cameras(views, cfg.camera.preview_elevation, cfg.camera.preview_distance, cfg.camera.preview_fov,
+                         edited.device)
+    rows = [s.render(cams, resolution, resolution, cfg.render, "lambertian", stratified=False).rgb for s in (source, edited)]
+    return save_image(image_grid(torch.cat(rows), nrow=views), path)
 
 
-def run_edit(args) -> int:
-    """The ``edit`` command (see the module docstring); returns the exit status."""
-    from dreamfield.prior import load_prior
+def _resume(run: RunFolder, files_: Sequence[str], overrides: Sequence[str]) -> tuple[Config, Scene, Scene, str, str]:
+    """An interrupted edit: its config, frozen source (source.pt), the scene to restore, and its prompts."""
+    for need in ("config.yaml", "prompt.json", SOURCE_SCENE, "checkpoints/last.pt"):
+        if not (run.dir / need).is_file():
+            raise UsageError(f"--resume {run.dir}: not an edit run folder to resume (no {need})")
+    meta = run.meta()
+    if meta.get("command") != "edit":
+        raise UsageError(f"--resume {run.dir}: a {meta.get('command')!r} run; resume it with that command")
+    cfg = load_config([str(run.dir / "config.yaml"), *files_], overrides)
+    device = resolve_device(cfg.run.device)
+    source = make_scene(cfg, device)
+    source.load_state_dict(load_checkpoint(run.dir / SOURCE_SCENE)["scene"])
+    return cfg, source, make_scene(cfg, device), meta["source_prompt"], meta["prompt"]
 
-    t_start = time.perf_counter()
-    if args.resume:
-        run_dir = Path(args.resume)
-        for need in ("config.yaml", "prompt.json", SOURCE_SCENE, "checkpoints/last.pt"):
-            if not (run_dir / need).is_file():
-                raise UsageError(f"--resume {run_dir}: not an edit run folder to resume (no {need})")
-        meta = json.loads((run_dir / "prompt.json").read_text())
-        if meta.get("command") != "edit":
-            raise UsageError(f"--resume {run_dir}: a {meta.get('command')!r} run; resume it with that command")
-        if args.source or args.source_prompt or args.target_prompt:
-            _say("note: --resume continues the recorded edit; SOURCE and the prompts given are ignored")
-        cfg = load_cfg(args, [str(run_dir / "config.yaml")])
-        source_prompt, target_prompt = meta["source_prompt"], meta["prompt"]
-        check_method(cfg.edit.method)
-        _set_threads(cfg)
-        device = resolve_device(cfg.run.device)
-        source = make_scene(cfg, device)
-        source.load_state_dict(load_checkpoint(run_dir / SOURCE_SCENE)["scene"])
-        edited = make_scene(cfg, device)  # optimize() restores checkpoints/last.pt into it
+
+def run_edit(
+    source: Optional[str],
+    source_prompt: Optional[str],
+    target_prompt: Optional[str],
+    out: Optional[str],
+    resume: Optional[str],
+    files_: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    export: bool = True,
+    progress: bool = True,
+) -> RunFolder:
+    """The ``edit`` command (see the module docstring); returns the run folder."""
+    if resume:
+        run = RunFolder(resume)
+        if source or source_prompt or target_prompt:
+            say("note: --resume continues the recorded edit; SOURCE and the prompts given are ignored")
+        cfg, src, edited, source_prompt, target_prompt = _resume(run, files_, overrides)
     else:
-        kind, path = source_kind(args.source)
-        source_prompt = args.source_prompt
+        kind, path = source_kind(source)
         if source_prompt is None and kind == "run":  # default: what the source run was made for
-            rd = path.parent.parent if path.is_file() else path
-            meta_path = rd / "prompt.json"
-            source_prompt = json.loads(meta_path.read_text()).get("prompt") if meta_path.is_file() else None
-        source_prompt, target_prompt = check_prompts(source_prompt, args.target_prompt)
-        method = args.method or "dds"
-        check_method(method)
-        run_dir = new_run_dir(args.out, target_prompt)
-        cfg, source, device, info = load_source(kind, path, args)
-        if args.method is None:
-            check_method(cfg.edit.method)
-        else:
-            cfg.edit.method = args.method
-        cfg.edit.source_prompt, cfg.edit.target_prompt = source_prompt, target_prompt
-        _set_threads(cfg)
-        edited = copy.deepcopy(source)  # the edit starts at the source; the source itself stays frozen
-        run_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"command": "edit", "prompt": target_prompt, "source_prompt": source_prompt, "method": cfg.edit.method}
-        (run_dir / "prompt.json").write_text(json.dumps(meta) + "\n")
-        (run_dir / "source.json").write_text(json.dumps(info, indent=2) + "\n")
-        save_checkpoint(run_dir / SOURCE_SCENE, {"step": 0, "scene": source.state_dict()})
-
+            source_prompt = find_run(path)[0].meta().get("prompt")
+        source_prompt, target_prompt = check_prompts(source_prompt, target_prompt)
+        cfg, src, info = load_source(kind, path, files_, overrides)
+        run = RunFolder.new(out, target_prompt, cfg.run.out)
+        edited = copy.deepcopy(src)  # the edit starts at the source; the source itself stays frozen
+    set_threads(cfg.run.threads)
+    device = edited.device
     prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
-    _say(f"editing {source_prompt!r} -> {target_prompt!r} ({cfg.edit.method}) in {run_dir} on {device}")
+    if not resume:
+        run.create(cfg, {"command": "edit", "prompt": target_prompt, "source_prompt": source_prompt, "method": "dds"})
+        run.write_json("source.json", info)
+        save_checkpoint(run.dir / SOURCE_SCENE, {"step": 0, "scene": src.state_dict()})
+    say(f"editing {source_prompt!r} -> {target_prompt!r} (dds) in {run.dir} on {device}")
     t0 = time.perf_counter()
-    edited = optimize(
-        cfg, target_prompt, run_dir, prior, device, resume=bool(args.resume),
-        edit=EditSource(source, source_prompt), scene=edited, progress=not args.quiet,
-    )
-    _write_timing(run_dir, time.perf_counter() - t0)
-    before_after(cfg, source, edited, run_dir / "before_after.png", cfg.edit.before_after_views, cfg.export.video_resolution)
-    if cfg.run.export and not args.no_export:
-        _export(cfg, edited, run_dir, device)
-    _say(f"done: {run_dir} ({time.perf_counter() - t_start:.1f} s)")
-    return 0
+    objective = DDS(cfg, prior, target_prompt, src, source_prompt, edited)
+    edited = optimize(cfg, run, objective, device, scene=edited, resume=bool(resume), progress=progress)
+    run.write_timing(time.perf_counter() - t0)
+    before_after(cfg, src, edited, run.dir / "before_after.png", cfg.edit.before_after_views, cfg.export.video_resolution)
+    if cfg.run.export and export:
+        export_run(cfg, edited, run)
+    say(f"done: {run.dir} ({time.perf_counter() - t0:.1f} s)")
+    return run

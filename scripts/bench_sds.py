@@ -12,8 +12,9 @@ random-weight SD 2.1-base):
    ``on_step`` callbacks with a device synchronise in each: iterations/s, median step time, peak
    GPU memory (allocated and reserved, weights included).
 3. ratio = full step / prior cost (1.0 would mean the scene, the loss and the loop cost nothing).
-4. where the time goes: a copy of the loop's step written out phase by phase (render, encode,
-   sds_grad, backward, Adam), timed with CUDA events, and a torch.profiler table of the top ops.
+4. where the time goes: the same loop again with its render, encode and UNet calls wrapped by
+   timers (``PhaseTimer``; the rest is backward, Adam and bookkeeping), and a torch.profiler table of
+   the top ops over a few steps of the loop.
 
 Each variant loads the prior fresh through ``dreamfield.prior.load_prior`` (as ``--model`` would):
 
@@ -30,6 +31,7 @@ CPU dry run:  python3 scripts/bench_sds.py --model /tmp/sd_tiny --device cpu --s
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import statistics
@@ -107,28 +109,87 @@ def prior_cost(prior, text, batch: int, res: int, guidance: float, warmup: int, 
     return {"prior_ms": ms(timed(both, dev, warmup, steps)), "unet_ms": unet_ms, "vae_fwd_bwd_ms": vae_ms}
 
 
-# ------------------------------------------------------------------------------------------- 2
-def full_loop(cfg, prior, prompt: str, warmup: int, steps: int) -> dict:
-    """Run dreamfield.optimize.optimize for warmup + steps (+1) steps; median step time and peak memory."""
+# ------------------------------------------------------------------------------------------- 2 and 4
+class PhaseTimer:
+    """Times the real loop's phases by wrapping the calls it makes: Scene.render (render), prior.encode
+    (VAE encoder forward), prior.eps (UNet with the guidance batch); each wrapped call synchronises the
+    device before and after. "rest" = step - the three (backward, Adam, timesteps, text, logging)."""
+
+    def __init__(self, prior, dev: torch.device) -> None:
+        from dreamfield.scene.scene import Scene
+
+        self.dev, self.prior, self.scene_cls = dev, prior, Scene
+        self.current = {"render": 0.0, "encode": 0.0, "unet": 0.0}
+        self.steps: list[dict] = []
+        self._orig = (Scene.render, prior.encode, prior.eps)
+
+    def _wrap(self, name: str, fn):
+        def timed_call(*a, **k):
+            sync(self.dev)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(self.dev)
+            self.current[name] += time.perf_counter() - t0
+            return out
+
+        return timed_call
+
+    def __enter__(self) -> "PhaseTimer":
+        render, encode, eps = self._orig
+        self.scene_cls.render = self._wrap("render", render)
+        self.prior.encode, self.prior.eps = self._wrap("encode", encode), self._wrap("unet", eps)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.scene_cls.render = self._orig[0]
+        del self.prior.encode, self.prior.eps  # back to the bound methods of the class
+
+    def step_done(self, seconds: float) -> None:
+        self.steps.append(dict(self.current, step=seconds))
+        self.current = {k: 0.0 for k in self.current}
+
+
+def run_loop(cfg, prior, prompt: str, warmup: int, steps: int, phases: bool) -> dict:
+    """Run dreamfield.optimize.optimize (the loop `generate` runs) for warmup + steps (+1) steps, timed between
+    its ``on_step`` callbacks (device synchronised in each): median step time, it/s, peak memory; with
+    ``phases``, the same through PhaseTimer (its synchronisations make those steps slower: reported apart)."""
+    from dreamfield.distill.objectives import make_objective
     from dreamfield.optimize import optimize
+    from dreamfield.run import RunFolder
 
     dev = prior.device
+    cfg = copy.deepcopy(cfg)
+    cfg.optim.steps = warmup + steps + 1
     stamps: list[float] = []
+    timer = PhaseTimer(prior, dev) if phases else None
 
     def on_step(done: int) -> None:
         sync(dev)
         stamps.append(time.perf_counter())
+        if timer is not None:
+            timer.step_done(stamps[-1] - stamps[-2])
 
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     with tempfile.TemporaryDirectory() as tmp:
+        run = RunFolder(Path(tmp) / "run")
+        run.create(cfg, {"command": "generate", "prompt": prompt})
         sync(dev)
         stamps.append(time.perf_counter())
-        optimize(cfg, prompt, Path(tmp) / "run", prior, dev, on_step=on_step, progress=False)
+        if timer is not None:
+            with timer:
+                optimize(cfg, run, make_objective(cfg, prior, prompt), dev, on_step=on_step, progress=False)
+        else:
+            optimize(cfg, run, make_objective(cfg, prior, prompt), dev, on_step=on_step, progress=False)
     # interval k = step k; the last one also wrote the final checkpoint: dropped
     dts = [b - a for a, b in zip(stamps[:-1], stamps[1:])][:-1]
     timed_dts = dts[warmup:] or dts
+    if timer is not None:
+        rows = timer.steps[warmup:-1] or timer.steps
+        out = {f"{k}_ms": 1e3 * statistics.median(r[k] for r in rows) for k in ("render", "encode", "unet", "step")}
+        out["rest_ms"] = 1e3 * statistics.median(r["step"] - r["render"] - r["encode"] - r["unet"] for r in rows)
+        return out
     out = {
         "step_ms": ms(timed_dts),
         "step_ms_p10": 1e3 * sorted(timed_dts)[len(timed_dts) // 10],
@@ -143,106 +204,21 @@ def full_loop(cfg, prior, prompt: str, warmup: int, steps: int) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------- 4
-def phase_breakdown(
-    cfg, prior, prompt: str, warmup: int, steps: int, profile_path: Path | None, profile_steps: int = 3
-) -> dict:
-    """The loop's step written out phase by phase (as in dreamfield/optimize.py), CUDA-event timed.
-
-    The occupancy-grid update (every cfg.render.occ_update_every steps) is counted in "render".
-
-    Returns median ms per phase; writes a torch.profiler table of ``profile_steps`` steps to ``profile_path``.
-    """
-    from dreamfield.distill import entropy_loss, grad_to_loss, opacity_loss, sample_timesteps, sds_grad
-    from dreamfield.optimize import make_optimizer, make_scene, prompts_for
-    from dreamfield.scene.cameras import sample_cameras
-    from dreamfield.scene.render import choose_shading, render
+def profile_loop(cfg, prior, prompt: str, steps: int, path: Path) -> None:
+    """A torch.profiler table of ``steps`` steps of the real loop."""
+    from torch.profiler import ProfilerActivity, profile
 
     dev = prior.device
-    scene = make_scene(cfg, dev)
-    optimizer = make_optimizer(cfg, scene)
-    occupancy = None
-    if cfg.render.use_occupancy_grid and dev.type == "cuda":
-        from dreamfield.scene.occupancy import OccupancyGrid
-
-        occupancy = OccupancyGrid(cfg.render, cfg.field.bound).to(dev)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    total = warmup + steps + profile_steps + 1
-    res = cfg.render.resolution
-    names = ("render", "encode", "sds_grad", "backward", "adam")
-    samples: dict[str, list[float]] = {k: [] for k in names}
-    n_samples: list[int] = []
-
-    def step(i: int, record: bool) -> None:
-        cuda = dev.type == "cuda"
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(names) + 1)] if cuda else []
-        wall: list[float] = []
-
-        def mark(k: int) -> None:  # end of phase k (0 = start of the step)
-            if cuda:
-                ev[k].record()
-            else:
-                wall.append(time.perf_counter())
-
-        mark(0)
-        cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, gen, dev)
-        shading = choose_shading(cfg.render, gen)
-        if occupancy is not None:
-            occupancy.update(i, scene.field)
-        out = render(scene.field, cams, res, res, cfg.render, scene.background, shading, occupancy, generator=gen)
-        mark(1)
-        z = prior.encode(out.rgb)
-        mark(2)
-        t = sample_timesteps(z.shape[0], i, total, cfg.guidance, prior.schedule.num_train_timesteps, gen, z.device)
-        noise = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
-        text = prior.embed(prompts_for(prompt, cams, cfg.prior.view_dependent), cfg.prior.negative_prompt)
-        g = sds_grad(prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting, cfg.guidance.grad_clip, step=i)
-        mark(3)
-        loss = (
-            cfg.loss.sds * grad_to_loss(z, g)
-            + cfg.loss.opacity * opacity_loss(out.opacity)
-            + cfg.loss.entropy * entropy_loss(out.opacity)
-            + cfg.loss.orientation * out.orientation
-        )
-        if not torch.isfinite(loss):  # the loop checks too (a device sync, as there)
-            raise FloatingPointError(f"loss is {loss.item()} at step {i}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        mark(4)
-        optimizer.step()
-        mark(5)
-        if record:
-            n_samples.append(out.n_samples)
-            if cuda:
-                torch.cuda.synchronize(dev)
-                for k, name in enumerate(names):
-                    samples[name].append(ev[k].elapsed_time(ev[k + 1]))
-            else:
-                for k, name in enumerate(names):
-                    samples[name].append(1e3 * (wall[k + 1] - wall[k]))
-
-    for i in range(warmup):
-        step(i, False)
-    for i in range(warmup, warmup + steps):
-        step(i, True)
-    result = {f"{k}_ms": statistics.median(v) for k, v in samples.items()}
-    result["samples_per_step"] = int(statistics.median(n_samples))
-    result["occupancy"] = occupancy is not None
-    if profile_path is not None:
-        from torch.profiler import ProfilerActivity, profile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            for i in range(warmup + steps, warmup + steps + profile_steps):
-                step(i, False)
-            sync(dev)
-        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-        try:
-            table = prof.key_averages().table(sort_by=key, row_limit=30)
-        except Exception:  # newer torch names it device_time_total
-            table = prof.key_averages().table(sort_by="device_time_total" if dev.type == "cuda" else key, row_limit=30)
-        profile_path.write_text(f"torch.profiler, {profile_steps} SDS steps, sorted by {key}\n{table}\n")
-    return result
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run_loop(cfg, prior, prompt, 0, steps, phases=False)
+        sync(dev)
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=key, row_limit=30)
+    except Exception:  # newer torch names it device_time_total
+        table = prof.key_averages().table(sort_by="device_time_total" if dev.type == "cuda" else key, row_limit=30)
+    path.write_text(f"torch.profiler, {steps} steps of dreamfield.optimize.optimize, sorted by {key}\n{table}\n")
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -286,15 +262,13 @@ def run_variant(name: str, args, device: torch.device, dtype: str) -> dict:
         row["compile_s"] = round(time.perf_counter() - t0, 1)
     row.update(prior_cost(prior, text, cfg.guidance.batch_size, cfg.render.resolution, cfg.prior.guidance_scale,
                           args.warmup, args.steps))
-    row.update(full_loop(cfg, prior, args.prompt, args.warmup, args.steps))
+    row.update(run_loop(cfg, prior, args.prompt, args.warmup, args.steps, phases=False))
     row["ratio"] = row["step_ms"] / row["prior_ms"]
     if name in ("base", "no_occ") or args.profile_all:
-        try:
-            prof = Path(args.profile) if (args.profile and name == "base") else None
-            row["phases"] = phase_breakdown(cfg, prior, args.prompt, args.warmup, args.phase_steps or max(5, args.steps // 3),
-                                            prof, args.profile_steps)
-        except Exception as exc:  # the breakdown is a copy of the loop: report, don't lose the variant
-            row["phases_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        phase_steps = args.phase_steps or max(5, args.steps // 3)
+        row["phases"] = run_loop(cfg, prior, args.prompt, args.warmup, phase_steps, phases=True)
+        if args.profile and name == "base":
+            profile_loop(cfg, prior, args.prompt, args.profile_steps, Path(args.profile))
     del prior
     gc.collect()
     if device.type == "cuda":

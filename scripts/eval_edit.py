@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from dreamfield.cli import main as dreamfield
     from dreamfield.config import load_config
     from dreamfield.export.mesh import extract_mesh
-    from dreamfield.optimize import make_scene
+    from dreamfield.scene.scene import make_scene
     from dreamfield.toy.domain import COLOURS, prompt
     from dreamfield.toy.measures import mesh_occupancy, reference_mesh, score_mesh
 

@@ -30,7 +30,7 @@ for p in (str(REPO), str(REPO / "scripts")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from dreamfield.cli import load_run_scene  # noqa: E402
+from dreamfield.run import load_run_scene  # noqa: E402
 from dreamfield.export.mesh import blur_density  # noqa: E402
 from dreamfield.toy.measures import classify_occupancy, grid_points  # noqa: E402
 from eval_toy import run_prompt  # noqa: E402

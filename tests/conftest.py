@@ -29,7 +29,8 @@ def tiny_sd_v_path(tiny_sd_path, tmp_path_factory):
 @pytest.fixture
 def interrupt_after():
     """interrupt_after(n) -> a stand-in for dreamfield.optimize.optimize that stops with KeyboardInterrupt
-    (as Ctrl-C would) once n steps are done and checkpointed; patch it in to test resume."""
+    (as Ctrl-C would) once n steps are done and checkpointed; patch it in where a flow imported it
+    (dreamfield.generate.optimize, dreamfield.edit.optimize) to test resume."""
     from dreamfield import optimize as opt
 
     real = opt.optimize

@@ -67,7 +67,7 @@ def test_resume_is_exact(tiny_sd_path, tmp_path, interrupt_after):
     # The same run, stopped after step 2 (as Ctrl-C would), then resumed.
     stopped = tmp_path / "stopped"
     opt_patch = pytest.MonkeyPatch()
-    opt_patch.setattr("dreamfield.optimize.optimize", interrupt_after(2))
+    opt_patch.setattr("dreamfield.generate.optimize", interrupt_after(2))
     try:
         assert main(["generate", "a blue sphere", "--out", str(stopped)] + common) == 130
     finally:

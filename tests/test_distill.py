@@ -16,7 +16,6 @@ from dreamfield.distill import (
     entropy_loss,
     grad_to_loss,
     opacity_loss,
-    orientation_penalty,
     sample_timesteps,
     sds_grad,
     t_max_at,
@@ -284,18 +283,3 @@ def test_opacity_and_entropy_losses():
     o = torch.tensor([0.0, 0.3, 0.7, 1.0], requires_grad=True)
     entropy_loss(o).backward()
     assert torch.isfinite(o.grad).all() and o.grad[1] > 0 and o.grad[2] < 0
-
-
-def test_orientation_penalty_hand_case():
-    # two rays, two samples each; ray direction +z (camera looks along +z)
-    normals = torch.tensor(
-        [[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]], [[0.6, 0.0, 0.8], [1.0, 0.0, 0.0]]], requires_grad=True
-    )
-    weights = torch.tensor([[0.5, 0.5], [1.0, 0.2]], requires_grad=True)
-    dirs = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    loss = orientation_penalty(normals, weights, dirs)
-    # ray 0: 0.5 * 1^2 + 0.5 * 0 = 0.5; ray 1: 1.0 * 0.8^2 + 0.2 * 0 = 0.64; mean 0.57
-    assert loss.item() == pytest.approx(0.57)
-    loss.backward()
-    assert weights.grad is None  # weights are detached: the penalty moves normals only
-    assert normals.grad is not None and float(normals.grad[0, 0, 2]) == pytest.approx(0.5)  # d/dn_z of 0.5 n_z^2 / 2 rays

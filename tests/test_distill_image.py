@@ -51,9 +51,11 @@ def test_image_loss_gradient_has_the_latent_sds_strength():
     rgb = torch.rand(2, 3, 8, 8, requires_grad=True)
     target = torch.rand(2, 3, 16, 16)
     t = torch.tensor([50, 600])
-    sds_image_loss(rgb, target, s, t, "sds").backward()
-    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    with pytest.raises(ValueError, match="same shape"):  # the caller resizes the target to the render
+        sds_image_loss(rgb, target, s, t, "sds")
     small = torch.nn.functional.interpolate(target, size=(8, 8), mode="area")
+    sds_image_loss(rgb, small, s, t, "sds").backward()
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
     expected = (1 - abar) * (abar / (1 - abar)).sqrt() * (rgb.detach().double() - small.double())
     assert torch.allclose(rgb.grad.double(), expected, atol=1e-6)
 

@@ -68,8 +68,8 @@ def test_edit_a_run_folder_end_to_end(tiny_sd_path, source_run, tmp_path):
     source = json.loads((out / "source.json").read_text())
     assert source["kind"] == "run" and source["prompt"] == "a red cube" and source["step"] == 2
     cfg_text = (out / "config.yaml").read_text()
-    assert "steps: 3" in cfg_text and "source_prompt: a red cube" in cfg_text
-    assert "lr_density: 0.01" in cfg_text  # configs/edit.yaml over the source run's 0.05
+    assert "steps: 3" in cfg_text and "space: latent" in cfg_text  # what ran: DDS on latents
+    assert "lr_density: 0.01" in cfg_text  # the package's edit defaults over the source run's 0.05
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
     # the source is frozen (its run and the saved copy are the source's last checkpoint, bit for bit);
@@ -95,7 +95,7 @@ def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path,
     assert source["placement"]["radius"] == pytest.approx(0.7)
     # the imported source is red where the sphere's surface is
     from dreamfield.config import load_config
-    from dreamfield.optimize import make_scene
+    from dreamfield.scene.scene import make_scene
 
     cfg = load_config([full / "config.yaml"])
     scene = make_scene(cfg, torch.device("cpu"))
@@ -164,8 +164,10 @@ def test_bad_input_is_one_line(tiny_sd_path, source_run, sphere_glb, tmp_path, c
     assert main(["edit", str(sphere_glb), "--target-prompt", "a blue sphere", *model]) == 2  # a mesh has no prompt
     assert "empty --source-prompt" in one_line(capsys)
 
-    assert main(["edit", str(source_run), *prompts, *model, "--method", "pds"]) == 2
-    assert "not implemented" in one_line(capsys)
+    assert main(["edit", str(source_run), *prompts, *model, "--set", "guidance.space=image", "--out",
+                 str(tmp_path / "e4")]) == 2
+    assert "guidance.space=latent" in one_line(capsys)
+    assert not (tmp_path / "e4").exists()
 
     assert main(["edit", str(source_run), *prompts, *model, "--set", "field.grid_resolution=32",
                  "--out", str(tmp_path / "e3")]) == 2

@@ -9,6 +9,7 @@ import pytest
 from dreamfield.config import RenderConfig
 from dreamfield.export.video import contact_sheet, turntable, video_size
 from dreamfield.scene.background import make_background
+from dreamfield.scene.scene import Scene
 from fields import SphereField
 
 RED = (0.85, 0.15, 0.15)
@@ -19,14 +20,14 @@ FRAMES, RES = 8, 64
 @pytest.fixture(scope="module")
 def scene():
     cfg = RenderConfig(n_samples=48, background="constant", background_color=(1.0, 1.0, 1.0))
-    return SphereField(radius=0.5, colour=RED, top_colour=BLUE), make_background(cfg), cfg
+    return Scene(SphereField(radius=0.5, colour=RED, top_colour=BLUE), make_background(cfg)), cfg
 
 
 @pytest.fixture(scope="module")
 def written(scene, tmp_path_factory):
-    field, background, cfg = scene
+    sc, cfg = scene
     out = tmp_path_factory.mktemp("video") / "turntable.mp4"
-    paths = turntable(field, background, cfg, out, FRAMES, 10, RES, 20.0, 1.8, 45.0, normals=True, gif=True)
+    paths = turntable(sc, cfg, out, FRAMES, 10, RES, 20.0, 1.8, 45.0, normals=True, gif=True)
     return out, paths
 
 
@@ -73,8 +74,8 @@ def test_side_by_side_normals_and_gif(written):
 
 
 def test_contact_sheet(scene, tmp_path):
-    field, background, cfg = scene
-    path = contact_sheet(field, background, cfg, tmp_path / "views.png", n_views=3, resolution=32)
+    sc, cfg = scene
+    path = contact_sheet(sc, cfg, tmp_path / "views.png", n_views=3, resolution=32)
     sheet = imageio.imread(path)
     assert sheet.shape[:2] == (64, 96)
     for k in range(3):  # every view: white corner, blue above red, normal row bluish at the centre

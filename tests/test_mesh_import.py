@@ -170,11 +170,11 @@ def test_mesh_silhouette_matches_a_rendered_analytic_sphere():
 
 
 def test_sphere_imports_and_exports_back_with_its_shape_and_colour(tmp_path):
-    from dreamfield.edit import EDIT_DEFAULTS
+    from dreamfield.edit import edit_defaults
 
     original = _sphere(tmp_path / "sphere.glb")  # glTF Y up, radius 0.5 about the origin
     # `dreamfield edit`'s defaults: among them export without generate's density blur (a sharp solid)
-    cfg = load_config([str(EDIT_DEFAULTS)], ["edit.keep_scale=true"])
+    cfg = load_config([edit_defaults()], ["edit.keep_scale=true"])
     placed, info = import_mesh(tmp_path / "sphere.glb", cfg)
     assert info["watertight"] and info["colour_source"] == "vertex"
     scene, report = fit_field_to_mesh(placed, cfg, "cpu")

@@ -7,10 +7,13 @@ import torch
 from dreamfield.checkpoint import load_checkpoint
 from dreamfield.config import load_config
 from dreamfield.distill import NonFiniteError
-from dreamfield.optimize import make_scene, optimize
+from dreamfield.distill.objectives import make_objective
+from dreamfield.optimize import optimize
 from dreamfield.prior import GaussianPrior
 from dreamfield.scene.cameras import orbit_cameras
+from dreamfield.run import RunFolder
 from dreamfield.scene.render import render
+from dreamfield.scene.scene import make_scene
 
 RED = torch.tensor([0.85, 0.15, 0.15])
 
@@ -21,6 +24,13 @@ def small_cfg(steps, *extra):
         "render.p_albedo=1", "render.p_lambertian=0", "render.p_textureless=0", "prior.view_dependent=false",
         "run.preview_every=0", "run.log_every=1", *extra,
     ])
+
+
+def run_loop(cfg, prior, path, prompt="anything"):
+    """The loop as ``generate`` runs it: a new run folder, the SDS objective of guidance.space."""
+    run = RunFolder(path)
+    run.create(cfg, {"command": "generate", "prompt": prompt})
+    return optimize(cfg, run, make_objective(cfg, prior, prompt), torch.device("cpu"), progress=False)
 
 
 @torch.no_grad()
@@ -36,7 +46,7 @@ def test_loop_moves_renders_to_the_prior_mean(tmp_path):
     cfg = small_cfg(80, "optim.lr_color=0.05", "optim.lr_density=0.05", "guidance.weighting=uniform")
     torch.manual_seed(0)
     before = mean_render(cfg, make_scene(cfg, torch.device("cpu")))
-    scene = optimize(cfg, "anything", tmp_path / "run", prior, torch.device("cpu"), progress=False)
+    scene = run_loop(cfg, prior, tmp_path / "run")
     after = mean_render(cfg, scene)
     # white background + grey blob at the start; red after
     assert torch.dist(after, RED) < 0.5 * torch.dist(before, RED), (before, after)
@@ -51,7 +61,7 @@ def test_image_space_loop_at_a_render_size_other_than_the_priors(tmp_path):
                     "render.resolution=8", "guidance.denoise_steps=2")
     torch.manual_seed(0)
     before = mean_render(cfg, make_scene(cfg, torch.device("cpu")))
-    scene = optimize(cfg, "anything", tmp_path / "run", prior, torch.device("cpu"), progress=False)
+    scene = run_loop(cfg, prior, tmp_path / "run")
     after = mean_render(cfg, scene)
     assert torch.dist(after, RED) < 0.5 * torch.dist(before, RED), (before, after)
 
@@ -69,7 +79,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(prior, "eps", eps)
     cfg = small_cfg(10, "run.checkpoint_every=1", "guidance.denoise_steps=1")  # one eps call per step
     with pytest.raises(NonFiniteError) as info:
-        optimize(cfg, "anything", tmp_path / "run", prior, torch.device("cpu"), progress=False)
+        run_loop(cfg, prior, tmp_path / "run")
     assert "step 3" in str(info.value)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 3
@@ -96,7 +106,7 @@ def test_progressive_views_in_the_loop(tmp_path, monkeypatch):
     monkeypatch.setattr(prior, "embed", lambda p, n="": prompts.append(p) or real_embed(p, n))
     cfg = small_cfg(40, "prior.view_dependent=true", "guidance.batch_size=16", "render.resolution=8",
                     "camera.azimuth_start_span=60", "camera.azimuth_widen_steps=8")
-    optimize(cfg, "a cube", tmp_path / "run", prior, torch.device("cpu"), progress=False)
+    run_loop(cfg, prior, tmp_path / "run", "a cube")
     assert len(drawn) == 40
     assert drawn[0] <= 30.0 and all(d <= 30.0 + 150.0 * s / 8 + 1e-4 for s, d in enumerate(drawn[:8]))
     assert max(drawn[8:]) > 150.0  # the whole circle after widening (16 x 32 draws)

@@ -15,7 +15,7 @@ from dreamfield.scene.background import make_background
 from dreamfield.scene.cameras import get_rays, look_at
 from dreamfield.scene.field import make_field
 from dreamfield.scene.occupancy import OccupancyGrid
-from dreamfield.scene.render import compute_weights, ray_box, render, render_rays
+from dreamfield.scene.render import Samples, composite, compute_weights, ray_box, render, render_rays
 from dreamfield.scene.shading import choose_shading, shade
 
 LN2 = math.log(2.0)
@@ -274,6 +274,55 @@ def test_orientation_penalty_of_inward_normals():
     expected = float(per_ray.mean())
     assert expected > 0.1
     assert float(out.orientation) == pytest.approx(expected, rel=0.05)
+
+
+class GivenNormals(torch.nn.Module):
+    """A stand-in field whose normals at the i-th sample are the i-th row of a fixed table."""
+
+    def __init__(self, normals: torch.Tensor):
+        super().__init__()
+        self.table = normals
+
+    def normals(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x[:, 0].long()]
+
+
+def test_composite_orientation_hand_case():
+    # two rays, two samples each, ray direction +z; sample i sits at x = (i, 0, 0) to look its normal up
+    normals = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.6, 0.0, 0.8], [1.0, 0.0, 0.0]], requires_grad=True)
+    weights = torch.tensor([0.5, 0.5, 1.0, 0.2], requires_grad=True)
+    x = torch.tensor([[float(i), 0.0, 0.0] for i in range(4)])
+    dirs = torch.tensor([[0.0, 0.0, 1.0]] * 4)
+    s = Samples(x, torch.tensor([1.0, 2.0, 1.0, 3.0]), dirs, dirs, n_rays=2)
+    out = composite(GivenNormals(normals), s, weights, torch.full((4, 3), 0.5), "albedo", RenderConfig())
+    # ray 0: 0.5 * 1^2 + 0.5 * 0 = 0.5; ray 1: 1.0 * 0.8^2 + 0.2 * 0 = 0.64
+    assert out["orientation"].tolist() == pytest.approx([0.5, 0.64])
+    assert out["opacity"][:, 0].tolist() == pytest.approx([1.0, 1.2])
+    assert out["depth"][:, 0].tolist() == pytest.approx([1.5, (1.0 + 0.6) / 1.2])
+    out["orientation"].sum().backward()
+    assert weights.grad is None or float(weights.grad.abs().sum()) == 0.0  # detached: it moves normals only
+    assert float(normals.grad[0, 2]) == pytest.approx(1.0)  # d/dn_z of 0.5 n_z^2
+
+
+def test_composite_dense_and_packed_layouts_agree():
+    # the same samples, laid out dense (rays x S) and packed (shuffled, with ray indices): same per-ray sums
+    g = torch.Generator().manual_seed(0)
+    n_rays, s_per = 5, 7
+    x = torch.rand(n_rays * s_per, 3, generator=g) - 0.5
+    t = torch.rand(n_rays * s_per, generator=g)
+    dirs = F.normalize(torch.randn(n_rays * s_per, 3, generator=g), dim=-1)
+    lights = torch.randn(n_rays * s_per, 3, generator=g) * 3
+    w = torch.rand(n_rays * s_per, generator=g) * 0.3
+    albedo = torch.rand(n_rays * s_per, 3, generator=g)
+    field = make_field(FieldConfig(grid_resolution=8))
+    cfg = RenderConfig(normal_weight_threshold=0.05)
+    dense = composite(field, Samples(x, t, dirs, lights, n_rays), w, albedo, "lambertian", cfg)
+    perm = torch.randperm(n_rays * s_per, generator=g)
+    rays = torch.arange(n_rays).repeat_interleave(s_per)[perm]
+    packed = composite(field, Samples(x[perm], t[perm], dirs[perm], lights[perm], n_rays, rays), w[perm], albedo[perm],
+                       "lambertian", cfg)
+    for k in dense:
+        torch.testing.assert_close(dense[k], packed[k], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------

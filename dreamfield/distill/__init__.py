@@ -4,7 +4,7 @@ Nothing here imports diffusers: the prior is reached only through its interface
 (:class:`dreamfield.prior.interface.Prior`), so every function runs on an analytic prior in tests.
 """
 
-from dreamfield.distill.regularizers import entropy_loss, opacity_loss, orientation_penalty
+from dreamfield.distill.regularizers import entropy_loss, opacity_loss
 from dreamfield.distill.score import NonFiniteError, dds_grad, grad_to_loss, sds_grad, sds_image_loss, sds_image_target
 from dreamfield.distill.timesteps import WEIGHTINGS, sample_timesteps, t_max_at, timestep_range, weight
 
@@ -15,7 +15,6 @@ __all__ = [
     "entropy_loss",
     "grad_to_loss",
     "opacity_loss",
-    "orientation_penalty",
     "sample_timesteps",
     "sds_grad",
     "sds_image_loss",

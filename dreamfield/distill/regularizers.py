@@ -1,4 +1,7 @@
-"""Regularisers of the rendered scene, each a scalar loss; the loop weights and sums them explicitly."""
+"""Regularisers of the rendered scene, each a scalar loss; the loop weights and sums them explicitly.
+
+DreamFusion's orientation penalty is computed per sample while compositing
+(:func:`dreamfield.scene.render.composite`, ``RenderOut.orientation``)."""
 
 from __future__ import annotations
 
@@ -24,20 +27,3 @@ def entropy_loss(opacity: Tensor, eps: float = 1e-5) -> Tensor:
     """
     o = opacity.clamp(eps, 1.0 - eps)
     return -(o * torch.log(o) + (1.0 - o) * torch.log1p(-o)).mean()
-
-
-def orientation_penalty(normals: Tensor, weights: Tensor, dirs: Tensor) -> Tensor:
-    """DreamFusion's orientation loss: sum_i stopgrad(w_i) max(0, n_i . d)^2 per ray, mean over rays.
-
-    (Poole et al. 2022, R_orient, following Ref-NeRF.) Normals that face away from the camera (positive dot
-    product with the viewing direction d, camera -> point) are penalised, weighted by each sample's
-    contribution w_i to the pixel; the weights are detached so the penalty moves normals, not opacity.
-
-    normals: (R, S, 3) unit, outward; weights: (R, S) volume-rendering weights; dirs: (R, 3) unit ray
-    directions (or (R, S, 3)). Any leading shape works in place of R. Returns a scalar. The renderer's
-    ``RenderOut.orientation`` is this value, already averaged; use it directly when rendering.
-    """
-    if dirs.ndim == normals.ndim - 1:
-        dirs = dirs.unsqueeze(-2)
-    facing = (normals * dirs).sum(-1).clamp(min=0.0)  # max(0, n . d)
-    return (weights.detach() * facing**2).sum(-1).mean()

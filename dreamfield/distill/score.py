@@ -202,14 +202,14 @@ def sds_image_target(
 
 
 def sds_image_loss(rgb: Tensor, target: Tensor, schedule, t: Tensor, weighting: str = "sds") -> Tensor:
-    """Scalar loss 0.5 sum_b v(t_b) |rgb_b - target_b|^2 for rgb (B, 3, H, W) and a target from
-    :func:`sds_image_target` (resized to H x W with area averaging when its size differs).
+    """Scalar loss 0.5 sum_b v(t_b) |rgb_b - target_b|^2 for rgb (B, 3, H, W) and a target of the same
+    shape (:func:`sds_image_target`, resized to the render by the caller).
 
     v(t) = w(t) sqrt(abar_t / (1 - abar_t)): latent SDS is w(t)(eps_hat - eps) = w(t) sqrt(abar/(1-abar)) (z - x0_hat),
     so this gives each timestep the same strength as latent SDS with weighting ``weighting``.
     """
-    if target.shape[-2:] != rgb.shape[-2:]:
-        target = torch.nn.functional.interpolate(target, size=rgb.shape[-2:], mode="area")
+    if target.shape != rgb.shape:
+        raise ValueError(f"sds_image_loss: rgb {tuple(rgb.shape)} and target {tuple(target.shape)} must have the same shape")
     abar = schedule.alphas_cumprod.to(t.device)[t]
     v = weight(schedule, t, weighting).double() * (abar / (1 - abar)).sqrt()
     return 0.5 * (v.to(rgb).view(-1, 1, 1, 1) * (rgb - target.detach()) ** 2).sum()

@@ -17,9 +17,12 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from PIL import Image
+
 from dreamfield.config import RenderConfig
+from dreamfield.files import atomic_path
 from dreamfield.scene.cameras import Cameras, orbit_cameras
-from dreamfield.scene.render import render
+from dreamfield.scene.scene import Scene
 
 MACRO_BLOCK = 16  # H.264 codes 16 x 16 macroblocks; players expect frame sides that are multiples
 
@@ -30,12 +33,6 @@ def video_size(resolution: int) -> int:
     if resolution < 1:
         raise ValueError(f"video resolution must be >= 1, got {resolution}")
     return -(-resolution // MACRO_BLOCK) * MACRO_BLOCK
-
-
-def _device_of(field) -> torch.device:
-    for t in list(field.parameters()) + list(field.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -62,8 +59,20 @@ def normal_image(normal: torch.Tensor, opacity: torch.Tensor, c2w: torch.Tensor)
 
 
 @torch.no_grad()
+def image_grid(images: torch.Tensor, nrow: int) -> Image.Image:
+    """(N, 3, H, W) in [0, 1] -> one PIL image, ``nrow`` images per row (white where a row is short)."""
+    n, _, h, w = images.shape
+    rows = -(-n // nrow)
+    canvas = torch.ones(3, rows * h, nrow * w)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        canvas[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i].detach().float().cpu()
+    arr = (canvas.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
 def render_views(
-    field, background, render_cfg: RenderConfig, cams: Cameras, size: int, occupancy=None
+    scene: Scene, render_cfg: RenderConfig, cams: Cameras, size: int, occupancy=None
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Render each camera in turn (B = 1, Lambertian).
 
@@ -72,16 +81,22 @@ def render_views(
     rgb, normals = [], []
     for k in range(len(cams)):
         cam = cams[k]
-        out = render(field, cam, size, size, render_cfg, background, shading="lambertian", occupancy=occupancy)
+        out = scene.render(cam, size, size, render_cfg, "lambertian", occupancy)
         rgb.append(to_uint8(out.rgb[0]))
         normals.append(to_uint8(normal_image(out.normal, out.opacity, cam.c2w)[0]))
     return rgb, normals
 
 
 def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int) -> Path:
-    """H.264 (libx264, yuv420p) MP4 of (H, W, 3) uint8 frames whose sides are multiples of 16."""
+    """H.264 (libx264, yuv420p) MP4 of (H, W, 3) uint8 frames whose sides are multiples of 16,
+    written atomically (an interrupted write keeps the previous file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        _encode_mp4(tmp, frames, fps)
+    return path
+
+
+def _encode_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
     writer = imageio.get_writer(
         path,
         format="FFMPEG",
@@ -97,12 +112,10 @@ def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int) -> Path:
             writer.append_data(frame)
     finally:
         writer.close()
-    return path
 
 
 def turntable(
-    field,
-    background,
+    scene: Scene,
     render_cfg: RenderConfig,
     path: str | Path,
     frames: int,
@@ -120,15 +133,15 @@ def turntable(
 
     Writes `path` (MP4, frames of video_size(resolution)^2); with `normals`, also
     ``<stem>_normals.mp4`` with rgb | normals side by side (2 x wider); with `gif`, ``<stem>.gif``
-    (rgb, looping). The field is rendered on the device of its parameters (CPU when it has none).
+    (rgb, looping). The scene is rendered on the device of its field.
     Returns the paths written.
     """
     if frames < 1 or fps < 1:
         raise ValueError(f"turntable needs frames >= 1 and fps >= 1, got frames={frames}, fps={fps}")
     path = Path(path)
     size = video_size(resolution)
-    cams = orbit_cameras(frames, elevation, distance, fov, device=_device_of(field))
-    rgb, nrm = render_views(field, background, render_cfg, cams, size, occupancy)
+    cams = orbit_cameras(frames, elevation, distance, fov, device=scene.device)
+    rgb, nrm = render_views(scene, render_cfg, cams, size, occupancy)
 
     written = [write_mp4(path, rgb, fps)]
     if normals:
@@ -136,14 +149,14 @@ def turntable(
         written.append(write_mp4(path.with_name(f"{path.stem}_normals.mp4"), side, fps))
     if gif:
         gif_path = path.with_suffix(".gif")
-        imageio.mimsave(gif_path, rgb, format="GIF", duration=1000.0 / fps, loop=0)
+        with atomic_path(gif_path) as tmp:
+            imageio.mimsave(tmp, rgb, format="GIF", duration=1000.0 / fps, loop=0)
         written.append(gif_path)
     return written
 
 
 def contact_sheet(
-    field,
-    background,
+    scene: Scene,
     render_cfg: RenderConfig,
     path: str | Path,
     n_views: int = 4,
@@ -159,10 +172,10 @@ def contact_sheet(
         raise ValueError(f"contact sheet needs n_views >= 1, got {n_views}")
     if resolution < 1:
         raise ValueError(f"contact sheet resolution must be >= 1, got {resolution}")
-    cams = orbit_cameras(n_views, elevation, distance, fov, device=_device_of(field))
-    rgb, nrm = render_views(field, background, render_cfg, cams, resolution, occupancy)
+    cams = orbit_cameras(n_views, elevation, distance, fov, device=scene.device)
+    rgb, nrm = render_views(scene, render_cfg, cams, resolution, occupancy)
     sheet = np.concatenate([np.concatenate(rgb, axis=1), np.concatenate(nrm, axis=1)], axis=0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, sheet, format="PNG")
+    with atomic_path(path) as tmp:
+        imageio.imwrite(tmp, sheet, format="PNG")
     return path

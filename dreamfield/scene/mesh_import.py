@@ -435,7 +435,7 @@ def fit_field_to_mesh(mesh: trimesh.Trimesh, cfg: Config, device: torch.device |
     ``steps`` defaults to ``cfg.edit.mesh_fit_steps``. Returns (Scene, FitReport); the background is
     a fresh one from cfg.render.
     """
-    from dreamfield.optimize import make_scene  # the loop's scene factory: one way to build a scene
+    from dreamfield.scene.scene import make_scene
 
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -565,12 +565,11 @@ def silhouette_agreement(scene, mesh: trimesh.Trimesh, cfg: Config, views: int =
     Returns {"iou": mean IoU over views, "iou_per_view": [...], "views", "resolution", "elevation"}.
     """
     from dreamfield.scene.cameras import orbit_cameras
-    from dreamfield.scene.render import render
 
-    device = next(scene.field.parameters()).device
+    device = scene.device
     el = cfg.camera.preview_elevation if elevation is None else elevation
     cams = orbit_cameras(views, el, cfg.camera.preview_distance, cfg.camera.preview_fov, device)
-    out = render(scene.field, cams, resolution, resolution, cfg.render, scene.background, "albedo", stratified=False)
+    out = scene.render(cams, resolution, resolution, cfg.render, "albedo", stratified=False)
     field_sil = (out.opacity[:, 0] > 0.5).cpu()
     mesh_sil = mesh_silhouette(mesh, cams, resolution, resolution)
     inter = (field_sil & mesh_sil).flatten(1).sum(1).double()

@@ -16,15 +16,14 @@ Two sampling paths render the same image:
   skips the field at samples in empty cells.
 - packed (CUDA with an ``occupancy`` grid): nerfacc's ``OccGridEstimator.sampling`` marches with
   step cfg.render_step_size through occupied cells only, culling samples behind opaque ones
-  (transmittance < cfg.early_stop_eps); weights and sums through nerfacc's packed functions.
+  (transmittance < cfg.early_stop_eps); weights from nerfacc's packed ``render_weight_from_density``.
 
-Both agree up to quadrature error: tests/test_scene_render.py asserts max |rgb difference| < 0.03
-and mean < 0.003 on CUDA for a smooth blob field (dense 1024 samples vs packed step 0.002); an H100
-measured max 2e-4, mean 1e-5, with 433k packed samples against 8.05M dense ones.
+Both agree up to quadrature error (tests/test_scene_render.py; the measured gap is in docs/RESULTS.md).
 
-The renderer reads two optional attributes of the field: ``bound`` (the scene box is
-[-bound, bound]^3; 1.0 without it) and ``bounding_radius`` (density is zero outside that sphere, so
-the dense path skips those samples; 0 or absent = no skipping).
+Both paths sample, weight their samples and hand them to one function, :func:`composite`, which
+shades, composites and computes the orientation penalty (per-ray sums over a dense (rays, S) layout
+or packed ray indices). The scene box and the field's bounding sphere are arguments (``bound``,
+``radius``), not read off the field.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from dreamfield.scene.shading import check_shading, choose_shading, shade
 
 Tensor = torch.Tensor
 
-__all__ = ["RenderOut", "render", "render_rays", "choose_shading", "ray_box", "compute_weights"]
+__all__ = ["RenderOut", "Samples", "composite", "render", "render_rays", "choose_shading", "ray_box", "compute_weights"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +120,53 @@ def _normals_at(field: nn.Module, x: Tensor, keep: Tensor) -> Tensor:
     return normals
 
 
+@dataclass(frozen=True)
+class Samples:
+    """Points along rays, flat: M samples grouped into ``n_rays`` rays.
+
+    x (M, 3) positions, t (M,) their distances along the ray, dirs (M, 3) unit ray directions,
+    lights (M, 3) light positions. ``ray_indices`` (M,) names each sample's ray (packed samples,
+    any count per ray); None means the dense layout: M = n_rays * S, ray-major, S per ray.
+    """
+
+    x: Tensor
+    t: Tensor
+    dirs: Tensor
+    lights: Tensor
+    n_rays: int
+    ray_indices: Tensor | None = None
+
+    def ray_sum(self, v: Tensor) -> Tensor:
+        """Sum per-sample values v (M, ...) over each ray -> (n_rays, ...)."""
+        if self.ray_indices is None:
+            return v.reshape(self.n_rays, -1, *v.shape[1:]).sum(dim=1)
+        return v.new_zeros((self.n_rays, *v.shape[1:])).index_add_(0, self.ray_indices, v)
+
+
+def composite(
+    field: nn.Module, s: Samples, weights: Tensor, albedo: Tensor, shading: str, cfg: RenderConfig
+) -> dict[str, Tensor]:
+    """Shade samples and composite them along their rays (the module docstring's C = sum_i w_i c_i).
+
+    weights (M,) are the compositing weights w_i, albedo (M, 3) the field's albedo at s.x. Normals are
+    evaluated only where w_i > cfg.normal_weight_threshold (zero elsewhere). Returns per-ray tensors:
+    color (R, 3) (no background), albedo (R, 3), normal (R, 3), opacity (R, 1), depth (R, 1) (sum w_i t_i
+    over the opacity) and orientation (R,), DreamFusion's penalty sum_i stop_grad(w_i) max(0, n_i . d)^2
+    (Poole et al. 2022, App. A.2, after Ref-NeRF).
+    """
+    need = weights.detach() > cfg.normal_weight_threshold
+    normals = _normals_at(field, s.x, need)  # (M, 3)
+    lights = None if shading == "albedo" else _light_dirs(s.x, s.lights)
+    color = shade(albedo, normals, lights, shading, cfg.ambient, cfg.diffuse)
+    orient = weights.detach() * (normals * s.dirs).sum(-1).clamp(min=0.0) ** 2  # (M,)
+    opacity = s.ray_sum(weights)[:, None]  # (R, 1)
+    out = {"opacity": opacity, "depth": s.ray_sum(weights * s.t)[:, None] / opacity.clamp(min=1e-10)}
+    for key, v in (("color", color), ("albedo", albedo), ("normal", normals)):
+        out[key] = s.ray_sum(weights[:, None] * v)
+    out["orientation"] = s.ray_sum(orient)
+    return out
+
+
 def _render_dense(
     field: nn.Module,
     o: Tensor,
@@ -154,26 +200,11 @@ def _render_dense(
 
     sigma, albedo = _field_at(field, x, keep)  # (N S,), (N S, 3)
     weights, _, _ = compute_weights(t_starts, t_ends, sigma.reshape(n, s))  # (N, S)
-    w_flat = weights.reshape(-1)
-    need = w_flat.detach() > cfg.normal_weight_threshold
-    normals = _normals_at(field, x, need)  # (N S, 3)
-    dirs = d[:, None, :].expand(n, s, 3).reshape(-1, 3)
-    lights = None if shading == "albedo" else _light_dirs(x, light[:, None, :].expand(n, s, 3).reshape(-1, 3))
-    color = shade(albedo, normals, lights, shading, cfg.ambient, cfg.diffuse)
-    orient = weights.detach() * ((normals * dirs).sum(-1).clamp(min=0.0) ** 2).reshape(n, s)
-
-    acc = nerfacc.accumulate_along_rays  # sum_i w_i v_i over (N, S) samples
-    opacity = weights.sum(dim=-1, keepdim=True)  # (N, 1)
-    depth = (weights * t).sum(dim=-1, keepdim=True) / opacity.clamp(min=1e-10)
-    return {
-        "color": acc(weights, color.reshape(n, s, 3)),
-        "albedo": acc(weights, albedo.reshape(n, s, 3)),
-        "normal": acc(weights, normals.reshape(n, s, 3)),
-        "opacity": opacity,
-        "depth": depth,
-        "orientation": orient.sum(-1),
-        "n_samples": torch.tensor(int(keep.sum()) if keep is not None else n * s),
-    }
+    per_sample = lambda v: v[:, None, :].expand(n, s, 3).reshape(-1, 3)  # noqa: E731  (N, 3) -> (N S, 3)
+    samples = Samples(x, t.reshape(-1), per_sample(d), per_sample(light), n)
+    out = composite(field, samples, weights.reshape(-1), albedo, shading, cfg)
+    out["n_samples"] = torch.tensor(int(keep.sum()) if keep is not None else n * s)
+    return out
 
 
 def _render_packed(
@@ -213,27 +244,10 @@ def _render_packed(
     else:
         sigma, albedo = x.new_zeros(0), x.new_zeros(0, 3)
     weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigma, ray_indices=ray_indices, n_rays=n)
-    need = weights.detach() > cfg.normal_weight_threshold
-    normals = _normals_at(field, x, need)
-    dirs = d[ray_indices]
-    lights = None if shading == "albedo" else _light_dirs(x, light[ray_indices])
-    color = shade(albedo, normals, lights, shading, cfg.ambient, cfg.diffuse)
-    orient_w = weights.detach() * (normals * dirs).sum(-1).clamp(min=0.0) ** 2
-
-    acc = nerfacc.accumulate_along_rays
-    summed = acc(weights, torch.cat([color, albedo, normals], dim=-1), ray_indices=ray_indices, n_rays=n)
-    opacity = acc(weights, None, ray_indices=ray_indices, n_rays=n)
-    depth = acc(weights, t_mid[:, None], ray_indices=ray_indices, n_rays=n) / opacity.clamp(min=1e-10)
-    orient = acc(orient_w, None, ray_indices=ray_indices, n_rays=n)[:, 0]
-    return {
-        "color": summed[:, 0:3],
-        "albedo": summed[:, 3:6],
-        "normal": summed[:, 6:9],
-        "opacity": opacity,
-        "depth": depth,
-        "orientation": orient,
-        "n_samples": torch.tensor(int(x.shape[0])),
-    }
+    samples = Samples(x, t_mid, d[ray_indices], light[ray_indices], n, ray_indices)
+    out = composite(field, samples, weights, albedo, shading, cfg)
+    out["n_samples"] = torch.tensor(int(x.shape[0]))
+    return out
 
 
 def render_rays(
@@ -246,17 +260,20 @@ def render_rays(
     shading: str = "lambertian",
     occupancy: OccupancyGrid | None = None,
     *,
+    bound: float = 1.0,
+    radius: float = 0.0,
     stratified: bool = True,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Render flat rays origins, directions (unit), light_pos: (N, 3), chunked over cfg.chunk rays.
 
+    The scene box is [-bound, bound]^3; samples farther than ``radius`` from the origin are skipped
+    when radius > 0 (a field that is zero outside its bounding sphere). See :func:`render`.
+
     Returns per-ray tensors: rgb (N, 3) over the background, albedo (N, 3), normal (N, 3),
     opacity (N, 1), depth (N, 1), orientation (N,) (per-ray penalty), n_samples (scalar).
     """
     check_shading(shading)
-    bound = float(getattr(field, "bound", 1.0))
-    radius = float(getattr(field, "bounding_radius", 0.0))
     packed = occupancy is not None and origins.is_cuda
     parts = []
     for start in range(0, origins.shape[0], max(cfg.chunk, 1)):
@@ -283,14 +300,17 @@ def render(
     shading: str = "lambertian",
     occupancy: OccupancyGrid | None = None,
     *,
+    bound: float = 1.0,
+    radius: float = 0.0,
     stratified: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> RenderOut:
     """Render B cameras at H x W.
 
-    field: any module with field(x (N, 3)) -> (sigma (N,), albedo (N, 3)), .density(x) and .normals(x);
-        the scene box is [-field.bound, field.bound]^3 (bound 1.0 if the field has no ``bound``), and
-        samples outside field.bounding_radius (if it has one, > 0) are skipped.
+    field: any module with field(x (N, 3)) -> (sigma (N,), albedo (N, 3)), .density(x) and .normals(x).
+    bound: the scene box is [-bound, bound]^3 (FieldConfig.bound).
+    radius: the field's bounding sphere (FieldConfig.bounding_radius): samples outside it are
+        skipped when > 0 (0 = none skipped).
     shading: "albedo", "lambertian" or "textureless" (see shading.py); the light is cams.light_pos.
     occupancy: an OccupancyGrid; on CUDA it switches to nerfacc's packed marching, on CPU it skips
         the field in empty cells of the dense samples.
@@ -312,6 +332,8 @@ def render(
         background,
         shading,
         occupancy,
+        bound=bound,
+        radius=radius,
         stratified=stratified,
         generator=generator,
     )

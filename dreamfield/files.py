@@ -1,0 +1,58 @@
+"""Atomic file writes: every output goes to a temporary name in its folder and is renamed over the
+target (``os.replace`` is atomic on POSIX), so an interrupted write never leaves a half file and
+never replaces a good one with a broken one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+TMP_MARK = ".tmp-"  # temporary names: .<name>.tmp-<pid>; leftovers of a killed write are removed by clean_tmp
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary sibling of ``path`` that an atomic write goes through (keeps the suffix, so
+    writers that pick a format by extension still work)."""
+    return path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp: write tmp`` -> tmp is fsynced and renamed to p on success,
+    removed on failure (the exception propagates)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def clean_tmp(folder: str | Path) -> list[Path]:
+    """Remove leftovers of interrupted atomic writes (``.*.tmp-*``) directly in ``folder``."""
+    folder = Path(folder)
+    gone = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and p.name.startswith(".") and TMP_MARK in p.name:
+                p.unlink()
+                gone.append(p)
+    return gone

@@ -1,0 +1,55 @@
+"""``dreamfield generate``: text to 3D by score distillation, from a fresh blob or a stopped run.
+
+    dreamfield generate "a red cube"              -> outputs/a-red-cube-<time>/
+    dreamfield generate --resume RUN               continue exactly where RUN stopped
+
+The objective is chosen once from ``guidance.space`` (:func:`dreamfield.distill.objectives.make_objective`);
+the loop (:func:`dreamfield.optimize.optimize`) writes the run folder through :class:`dreamfield.run.RunFolder`,
+and the run is exported at the end (mesh, turntable, views) unless ``--no-export`` or ``run.export=false``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+from dreamfield.config import Config, load_config
+from dreamfield.device import resolve_device, set_threads
+from dreamfield.distill.objectives import make_objective
+from dreamfield.errors import UsageError, check_prompt
+from dreamfield.optimize import optimize
+from dreamfield.prior import load_prior
+from dreamfield.run import RunFolder, export_run, say
+from dreamfield.scene.scene import Scene
+
+
+def resume_config(resume: str, files: Sequence[str], overrides: Sequence[str]) -> tuple[RunFolder, Config, str]:
+    """A stopped generate run: its folder, its config (with ``files`` and ``overrides`` on top) and its prompt."""
+    run = RunFolder(resume)
+    if not (run.dir / "config.yaml").is_file():
+        raise UsageError(f"--resume {run.dir}: not a run folder (no config.yaml)")
+    cfg = load_config([str(run.dir / "config.yaml"), *files], overrides)
+    if not run.last.exists():
+        raise UsageError(f"--resume {run.dir}: no checkpoints/last.pt to resume from")
+    prompt = run.meta().get("prompt")
+    if not prompt:
+        raise UsageError(f"--resume {run.dir}: prompt.json holds no prompt")
+    return run, cfg, prompt
+
+
+def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False, export: bool = True,
+                 progress: bool = True) -> Scene:
+    """Optimise a scene for ``prompt`` into ``run`` (created here unless resuming), then export it."""
+    set_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    if not resume:
+        run.create(cfg, {"command": "generate", "prompt": prompt})
+    say(f"generating {prompt!r} in {run.dir} on {device}")
+    t0 = time.perf_counter()
+    scene = optimize(cfg, run, make_objective(cfg, prior, prompt), device, resume=resume, progress=progress)
+    run.write_timing(time.perf_counter() - t0)
+    if cfg.run.export and export:
+        export_run(cfg, scene, run)
+    say(f"done: {run.dir}")
+    return scene

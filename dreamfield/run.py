@@ -1,0 +1,170 @@
+"""The run folder: the one owner of what a run writes and reads back.
+
+    <run>/config.yaml            the fully resolved config (what actually ran)
+    <run>/prompt.json            the command and its prompts
+    <run>/metrics.jsonl          one JSON line per logged step
+    <run>/timing.json            optimisation seconds (summed over resumes) and export seconds
+    <run>/previews/step_XXXXXX.png
+    <run>/checkpoints/last.pt, step_XXXXXX.pt
+    <run>/mesh.glb, turntable.mp4, views.png   (the export)
+
+Every file goes through :mod:`dreamfield.files` (temporary name + rename) or
+:mod:`dreamfield.checkpoint` (the same, for checkpoints).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+
+from dreamfield.checkpoint import load_checkpoint, save_checkpoint
+from dreamfield.config import Config, load_config, to_yaml
+from dreamfield.device import resolve_device
+from dreamfield.errors import UsageError
+from dreamfield.export.video import image_grid
+from dreamfield.files import write_bytes, write_text
+from dreamfield.scene.cameras import orbit_cameras
+from dreamfield.scene.scene import Scene, make_scene
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].strip("-") or "run"
+
+
+def say(msg: str) -> None:
+    print(f"dreamfield: {msg}", file=sys.stderr)
+
+
+class RunFolder:
+    """Paths and writers of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.dir = Path(path)
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.last = self.ckpt_dir / "last.pt"
+
+    # -- creating and reading --------------------------------------------------------------------
+    @staticmethod
+    def new(out: Optional[str], prompt: str, parent: str) -> "RunFolder":
+        """The folder of a new run: ``out``, or ``<parent>/<prompt-slug>-<time>``; refuses a folder that
+        already holds a run (UsageError). Nothing is created yet (:meth:`create` does)."""
+        if out is None:
+            return RunFolder(Path(parent) / f"{slugify(prompt)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run = RunFolder(out)
+        if run.last.exists() or (run.dir / "config.yaml").exists():
+            raise UsageError(f"run folder {run.dir} already holds a run; use --resume {run.dir} or another --out")
+        return run
+
+    def create(self, cfg: Config, meta: dict) -> None:
+        """Write config.yaml and prompt.json of a new run (the folder is made here)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.dir / "config.yaml", to_yaml(cfg))
+        write_text(self.dir / "prompt.json", json.dumps(meta) + "\n")
+
+    def write_json(self, name: str, obj: dict) -> Path:
+        return write_text(self.dir / name, json.dumps(obj, indent=2) + "\n")
+
+    def meta(self) -> dict:
+        """prompt.json (what the run was made for); {} when missing."""
+        path = self.dir / "prompt.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    # -- during a run ------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """On resume, drop metric lines written after the checkpoint (they will be recomputed)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and json.loads(l).get("step", -1) < step]
+        write_text(self.metrics_path, "".join(l + "\n" for l in keep))
+
+    def checkpoint(self, state: dict, periodic: bool) -> None:
+        """checkpoints/last.pt, and checkpoints/step_XXXXXX.pt too when ``periodic``."""
+        save_checkpoint(self.last, state)
+        if periodic:
+            save_checkpoint(self.ckpt_dir / f"step_{state['step']:06d}.pt", state)
+
+    def write_timing(self, seconds: float, key: str = "optimize_seconds", accumulate: bool = True) -> None:
+        """Optimisation time adds up over resumes; export time is the last one's."""
+        path = self.dir / "timing.json"
+        timing = json.loads(path.read_text()) if path.is_file() else {}
+        timing[key] = (timing.get(key, 0.0) if accumulate else 0.0) + seconds
+        write_text(path, json.dumps(timing) + "\n")
+
+    @torch.no_grad()
+    def preview(self, cfg: Config, scene: Scene, step: int, occupancy=None, views: int = 4, resolution: int = 96) -> Path:
+        """previews/step_XXXXXX.png: rgb (lambertian) over normals on the fixed preview orbit."""
+        cams = orbit_cameras(views, cfg.camera.preview_elevation, cfg.camera.preview_distance, cfg.camera.preview_fov,
+                             scene.device)
+        out = scene.render(cams, resolution, resolution, cfg.render, "lambertian", occupancy)
+        normals = (out.normal * 0.5 + 0.5) * out.opacity + (1 - out.opacity)
+        return save_image(image_grid(torch.cat([out.rgb, normals]), nrow=views), self.dir / "previews" / f"step_{step:06d}.png")
+
+
+def save_image(image: Image.Image, path: Path) -> Path:
+    """A PIL image written atomically as PNG."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue())
+
+
+def find_run(path: str | Path) -> tuple[RunFolder, Path]:
+    """A run folder or one of its checkpoint files -> (the run folder, the checkpoint to read)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"run folder not found: {path}")
+    if path.is_file():  # a checkpoint file inside a run folder
+        run = RunFolder(path.parent.parent)
+        ckpt = path
+    else:
+        run = RunFolder(path)
+        ckpt = run.last
+    if not (run.dir / "config.yaml").is_file():
+        raise UsageError(f"{run.dir} is not a dreamfield run folder (no config.yaml)")
+    return run, ckpt
+
+
+def load_run_scene(path: str | Path, device_name: Optional[str] = None) -> tuple[Config, Scene, torch.device]:
+    """(cfg, scene, device) of a finished or stopped run folder (or checkpoint file), from its checkpoint."""
+    run, ckpt = find_run(path)
+    cfg = load_config([run.dir / "config.yaml"], [f"run.device={device_name}"] if device_name else [])
+    device = resolve_device(cfg.run.device)
+    state = load_checkpoint(ckpt)
+    scene = make_scene(cfg, device)
+    scene.load_state_dict(state["scene"])
+    return cfg, scene, device
+
+
+def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequence[str]] = None,
+               video: bool = True) -> None:
+    """The export of a run: mesh (cfg.export.formats or ``formats``), turntable videos and views.png."""
+    from dreamfield.export.mesh import EmptyMeshError, extract_mesh, save_mesh
+    from dreamfield.export.video import contact_sheet, turntable
+
+    t0 = time.perf_counter()
+    try:
+        mesh = extract_mesh(scene.field, cfg.export, cfg.field.bound, scene.device)
+        paths = save_mesh(mesh, run.dir / "mesh", formats or cfg.export.formats)
+        say(f"mesh {', '.join(str(p) for p in paths)} ({len(mesh.faces)} faces)")
+    except EmptyMeshError as exc:
+        say(f"warning: no mesh exported: {exc}")
+    if video:
+        ex, cam = cfg.export, cfg.camera
+        turntable(scene, cfg.render, run.dir / "turntable.mp4", ex.video_frames, ex.video_fps, ex.video_resolution,
+                  ex.video_elevation, cam.preview_distance, cam.preview_fov, normals=ex.video_normals, gif=ex.gif)
+        contact_sheet(scene, cfg.render, run.dir / "views.png", 4, ex.video_resolution, ex.video_elevation,
+                      cam.preview_distance, cam.preview_fov)
+    run.write_timing(time.perf_counter() - t0, "export_seconds", accumulate=False)
