@@ -98,6 +98,7 @@ def test_report_of_finished_run_is_offline_and_complete(toy_run):
         assert target.is_file() and toy_run.resolve() in target.parents, link
     # the sections: prompt, previews of every preview step, curves, videos, the viewer with the inlined mesh
     assert "<h1>a red cube</h1>" in text and f"step {STEPS} of {STEPS}, finished" in text
+    assert "refresh" not in text  # a finished run's page stays put
     for step in (2, 4):
         assert f"previews/step_{step:06d}.png" in parsed.links
     for title in ("loss", "timestep t", "gradient norm |g| (distill_norm)", "opacity regulariser"):
@@ -124,7 +125,7 @@ def test_report_of_run_in_progress(toy_run, tmp_path):
     lines = (toy_run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])
     text = write_report(run).read_text()
-    assert f"step 2 of {STEPS}, in progress" in text
+    assert f"step 2 of {STEPS}, in progress" in text and 'http-equiv="refresh"' in text
     assert "no mesh.glb yet" in text and "no turntable yet" in text and "no timing.json yet" in text
     assert "<script" not in text and not (run / "report_assets").exists()  # no viewer without a mesh
     assert text.count("<polyline") >= 4 and "previews/step_000002.png" in text
@@ -204,9 +205,10 @@ def test_report_in_chromium(toy_run, tmp_path):
     with open_page(page_path) as page:
         duration = page.wait_for("() => document.getElementById('turntable').duration")
         assert duration == pytest.approx(8 / 8, abs=0.15)  # 8 frames at 8 fps
+        page.wait_for("() => { const v = document.getElementById('turntable'); return !v.paused && v.currentTime > 0; }")
         page.evaluate("document.getElementById('mesh-viewer').scrollIntoView()")
         page.wait_for("() => document.getElementById('mesh-viewer').loaded === true", timeout_s=60)
-        assert page.evaluate("document.getElementById('mesh-viewer').modelIsVisible") is True
+        page.wait_for("() => document.getElementById('mesh-viewer').modelIsVisible === true")
         page.screenshot(tmp_path / "report.png", full_page=False)
         assert page.problems() == []
         assert all(u.startswith(("file://", "data:")) for u in page.requests), page.requests
@@ -246,6 +248,7 @@ def test_textured_glb_alone_in_model_viewer(tmp_path):
         f'<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">'
         f'<script src="{script}"></script></head><body style="margin:0">'
         '<model-viewer id="mv" src="box.glb" camera-orbit="35deg 65deg auto" interaction-prompt="none" '
+        'auto-rotate auto-rotate-delay="0" rotation-per-second="60deg" '
         'style="width:480px;height:480px;background:#fff"></model-viewer></body></html>'
     )
     with open_page(tmp_path / "viewer.html", serve=True, viewport=(480, 480)) as page:
@@ -255,8 +258,26 @@ def test_textured_glb_alone_in_model_viewer(tmp_path):
         )
         page.wait_for("() => document.getElementById('mv').modelIsVisible === true")
         shot = page.screenshot(tmp_path / "box.png", full_page=False)
+        # it turns: the turntable angle grows and the picture changes
+        angle = page.evaluate("document.getElementById('mv').turntableRotation")
+        page.wait_for(f"() => document.getElementById('mv').turntableRotation > {angle} + 0.3")
+        turned = page.screenshot(tmp_path / "box_turned.png", full_page=False)
         assert page.problems() == []
         assert any(u.endswith("/box.glb") and u.startswith("http://127.0.0.1:") for u in page.requests)
-    seen = colour_pixels(shot)
-    # three faces are in view, each showing all four quadrants
-    assert all(n > 500 for n in seen.values()), seen
+    for png in (shot, turned):
+        seen = colour_pixels(png)  # two or three faces in view, each showing all four quadrants
+        assert all(n > 500 for n in seen.values()), (png.name, seen)
+    a, b = (np.asarray(Image.open(p).convert("L"), dtype=float) for p in (shot, turned))
+    assert np.mean(np.abs(a - b) > 30) > 0.02  # a turn of 0.3 rad moves the quadrants' edges
+
+
+def test_browser_helper_skips_without_chromium_and_fails_in_ci(tmp_path, monkeypatch):
+    import browser
+
+    monkeypatch.setenv(browser.CHROMIUM_ENV, str(tmp_path / "no-chromium"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="Chromium not found|playwright is not installed"):
+        browser.require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="in CI it must be there"):
+        browser.require_browser()

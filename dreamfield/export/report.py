@@ -40,6 +40,7 @@ MODEL_VIEWER_FILE = "model-viewer-umd.min.js"
 # where `make` installs it: npm install --prefix .tools @google/model-viewer
 MODEL_VIEWER_TOOLS = Path(".tools") / "node_modules" / "@google" / "model-viewer" / "dist" / MODEL_VIEWER_FILE
 INLINE_GLB_MAX_BYTES = 64 * 2**20  # larger meshes are linked instead (they then load only over http)
+REFRESH_SECONDS = 30  # reload interval of the page of a run in progress
 MAX_PREVIEWS = 24  # previews shown in the strip, evenly spaced over the run, the last one always
 
 # metric key -> curve title; the first four are always drawn (an empty chart says "no data yet")
@@ -314,7 +315,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-to
 .strip { display: flex; gap: 8px; overflow-x: auto; padding-bottom: 6px; }
 .strip img { height: 160px; image-rendering: pixelated; } figure { margin: 0; } figcaption { color: #555; font-size: 12px; }
 .media { display: flex; gap: 12px; flex-wrap: wrap; align-items: flex-start; }
-video { width: 320px; image-rendering: pixelated; background: #eee; } .media img { max-width: 640px; }
+video, .media img { height: 256px; image-rendering: pixelated; background: #eee; }
 model-viewer { width: 480px; height: 480px; background: #f4f4f4; display: block; }
 .curves { display: flex; flex-wrap: wrap; gap: 12px; }
 svg.curve { background: #fafafa; } svg.curve text { font-size: 11px; fill: #444; }
@@ -367,8 +368,11 @@ def render_report(run_dir: Path, viewer_src: Optional[str]) -> str:
     if meta.get("command") == "edit" or (run_dir / "source.json").is_file():
         sections.append("<h2>Edit</h2>" + edit_section(run_dir))
     sections.append("<h2>Timings</h2>" + (key_value_table(timing) if timing else '<p class="missing">no timing.json yet</p>'))
-    sections.append("<h2>Config (config.yaml)</h2>" + (f"<pre>{_e(config_text)}</pre>" if config_text else '<p class="missing">no config.yaml</p>'))
+    config = f"<details><summary>config.yaml</summary><pre>{_e(config_text)}</pre></details>" if config_text else ""
+    sections.append("<h2>Config</h2>" + (config or '<p class="missing">no config.yaml</p>'))
     title = f"dreamfield: {meta.get('prompt') or run_dir.name}"
+    if not finished:  # the page is rewritten at every preview: a browser showing it follows the run
+        head += f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,"><style>{CSS}</style>{head}</head>\n'
