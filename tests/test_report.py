@@ -125,7 +125,7 @@ def test_report_of_run_in_progress(toy_run, tmp_path):
     lines = (toy_run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])
     text = write_report(run).read_text()
-    assert f"step 2 of {STEPS}, in progress" in text and 'http-equiv="refresh"' in text
+    assert f"step 2 of {STEPS}, unfinished" in text and 'http-equiv="refresh"' in text
     assert "no mesh.glb yet" in text and "no turntable yet" in text and "no timing.json yet" in text
     assert "<script" not in text and not (run / "report_assets").exists()  # no viewer without a mesh
     assert text.count("<polyline") >= 4 and "previews/step_000002.png" in text
@@ -133,7 +133,7 @@ def test_report_of_run_in_progress(toy_run, tmp_path):
     bare = copy_run(toy_run, tmp_path / "bare", keep=["config.yaml"])
     text = write_report(bare).read_text()
     assert "no previews yet" in text and "no metrics yet" in text and "no mesh.glb yet" in text
-    assert "step 0 of 4, in progress" in text
+    assert "step 0 of 4, unfinished" in text
 
 
 def test_report_says_when_model_viewer_is_missing(toy_run, tmp_path, monkeypatch):

@@ -264,7 +264,10 @@ def mesh_viewer(run_dir: Path, viewer_src: Optional[str]) -> str:
         note = ""
     else:
         src = "mesh.glb"
-        note = f'<p class="missing">mesh.glb ({size / 2**20:.0f} MiB) is linked, not inlined: serve this folder over http to view it.</p>'
+        note = (
+            f'<p class="missing">mesh.glb ({size / 2**20:.0f} MiB) is linked, not inlined: '
+            "serve this folder over http to view it.</p>"
+        )
     return (
         f'<model-viewer id="mesh-viewer" src="{src}" alt="the exported mesh" camera-controls auto-rotate '
         'interaction-prompt="none" shadow-intensity="1"></model-viewer>'
@@ -336,7 +339,7 @@ def _header(run_dir: Path, meta: dict, done: int, total: Optional[int], finished
             f'<p>edit ({_e(meta.get("method", "dds"))}): <q>{_e(meta.get("source_prompt", ""))}</q> &rarr; '
             f"<q>{_e(prompt)}</q></p>"
         )
-    state = "finished" if finished else "in progress"
+    state = "finished" if finished else "unfinished"  # running, or stopped and not resumed
     of = f" of {total}" if total is not None else ""
     lines.append(f'<p class="status">{_e(run_dir.name)}: {_e(meta.get("command", "run"))}, step {done}{of}, {state}</p>')
     return "".join(lines)
@@ -367,15 +370,16 @@ def render_report(run_dir: Path, viewer_src: Optional[str]) -> str:
         sections.append("<h2>Export (export.json)</h2>" + key_value_table(export))
     if meta.get("command") == "edit" or (run_dir / "source.json").is_file():
         sections.append("<h2>Edit</h2>" + edit_section(run_dir))
-    sections.append("<h2>Timings</h2>" + (key_value_table(timing) if timing else '<p class="missing">no timing.json yet</p>'))
-    config = f"<details><summary>config.yaml</summary><pre>{_e(config_text)}</pre></details>" if config_text else ""
-    sections.append("<h2>Config</h2>" + (config or '<p class="missing">no config.yaml</p>'))
+    timings = key_value_table(timing) if timing else '<p class="missing">no timing.json yet</p>'
+    config = f"<details><summary>config.yaml</summary><pre>{_e(config_text)}</pre></details>"
+    sections += ["<h2>Timings</h2>" + timings, "<h2>Config</h2>" + (config if config_text else '<p class="missing">no config.yaml</p>')]
     title = f"dreamfield: {meta.get('prompt') or run_dir.name}"
-    if not finished:  # the page is rewritten at every preview: a browser showing it follows the run
+    if not finished:  # rewritten at every preview while it runs: a browser showing the page follows the run
         head += f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,"><style>{CSS}</style>{head}</head>\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" href="data:,"><style>{CSS}</style>{head}</head>\n'
         f"<body>{''.join(sections)}</body></html>\n"
     )
 
