@@ -321,8 +321,8 @@ def _compile(tmp: Path, home: Path, arch: str, verbose: bool, manifest: dict) ->
         else:
             os.environ["TORCH_CUDA_ARCH_LIST"] = old_arch
     manifest["seconds"] = round(time.perf_counter() - start, 1)
-    for obj in tmp.glob("*.o"):  # only the .so is loaded later
-        obj.unlink()
+    for obj in [*tmp.glob("*.o"), tmp / ".ninja_deps"]:  # only the .so is loaded later
+        obj.unlink(missing_ok=True)
     _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return module
 
