@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,13 +42,20 @@ def _optimise_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) that point at --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"dreamfield: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dreamfield",
         description="Text to 3D (SDS) and 3D editing (DDS) through a frozen latent diffusion prior.",
     )
     parser.add_argument("--version", action="version", version=f"dreamfield {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     g = sub.add_parser("generate", help="text to 3D by score distillation")
     g.add_argument("prompt", nargs="?", default=None, help='e.g. "a red cube" (not needed with --resume)')
@@ -63,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="mesh (GLB/OBJ/PLY) and turntable video of a run")
     x.add_argument("run_dir", help="a run folder made by generate or edit")
-    x.add_argument("--format", action="append", default=None, choices=["glb", "obj", "ply"], help="repeatable; default glb")
+    x.add_argument("--format", action="extend", nargs="+", default=None, choices=["glb", "obj", "ply"],
+                   help="one or more of glb obj ply (repeatable); default export.formats")
     x.add_argument("--threshold", type=float, default=None, help="density level for marching cubes")
     x.add_argument("--resolution", type=int, default=None, help="marching-cubes grid per side")
     x.add_argument("--no-video", action="store_true")
@@ -80,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=None)
     s.add_argument("--views", default="front,side,back,overhead",
                    help="comma-separated view suffixes to sample, or 'none' for the bare prompt")
-    s.add_argument("--out", default=None, help="PNG path (default outputs/samples/<slug>-<method>.png)")
+    s.add_argument("--out", default=None, help="folder for the PNG (default <run.out>/samples), named <slug>-<method>.png")
 
     d = sub.add_parser("demo", help="the README's first command: a red cube from the embedded prior, exported")
     d.add_argument("--out", default="outputs/demo-red-cube")
@@ -132,7 +141,7 @@ def cmd_export(args) -> int:
         cfg.export.resolution = args.resolution
     if args.frames is not None:
         cfg.export.video_frames = args.frames
-    export_run(cfg, scene, run, formats=args.format, video=not args.no_video)
+    export_run(cfg, scene, run, formats=args.format, video=not args.no_video, strict=True)
     return 0
 
 
@@ -155,9 +164,19 @@ def cmd_sample(args) -> int:
         if v not in VIEWS:
             raise UsageError(f"--views: {v!r} is not one of {', '.join(VIEWS)}, none")
     sc = cfg.sample
-    run_sample(cfg, prompt, views, method=args.method or sc.method, steps=args.steps or sc.steps, n=args.n or sc.n,
-               guidance=args.guidance if args.guidance is not None else cfg.prior.guidance_scale,
-               eta=args.eta if args.eta is not None else sc.eta, out=args.out)
+    steps = sc.steps if args.steps is None else args.steps
+    n = sc.n if args.n is None else args.n
+    guidance = cfg.prior.guidance_scale if args.guidance is None else args.guidance
+    eta = sc.eta if args.eta is None else args.eta
+    if steps < 1 or n < 1:
+        raise UsageError(f"--steps and --n must be >= 1, got {steps}, {n}")
+    if not (math.isfinite(guidance) and guidance >= 0 and math.isfinite(eta) and eta >= 0):
+        raise UsageError(f"--guidance and --eta must be finite and >= 0, got {guidance}, {eta}")
+    out = Path(args.out) if args.out else Path(cfg.run.out) / "samples"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: a file; sample's --out is a folder (the PNG is named <prompt>-<method>.png)")
+    run_sample(cfg, prompt, views, method=args.method or sc.method, steps=steps, n=n, guidance=guidance, eta=eta,
+               out=out)
     return 0
 
 
@@ -177,21 +196,43 @@ COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "export": cmd_export, "s
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line argparse error
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return 0
+    from dreamfield.optimize import Interrupted
+
     try:
+        for name in ("prompt", "source_prompt", "target_prompt"):
+            check_text(getattr(args, name, None), name)
         return COMMANDS[args.command](args)
+    except Interrupted as exc:
+        print(f"dreamfield: interrupted ({exc}); resume with --resume RUN_DIR", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("dreamfield: interrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
+        print("dreamfield: interrupted; runs keep their last checkpoint (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
-    except (ValueError, ArithmeticError, RuntimeError, OSError) as exc:
+    except Exception as exc:  # every failure is one line; DREAMFIELD_DEBUG=1 shows the traceback
         if os.environ.get("DREAMFIELD_DEBUG"):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, (ValueError, ArithmeticError, RuntimeError, OSError)):
+            msg = f"{type(exc).__name__}: {msg}"
         print(f"dreamfield: error: {msg}", file=sys.stderr)
         return 2
+
+
+def check_text(value: Optional[str], name: str) -> None:
+    """A prompt that is not valid UTF-8 (bytes the shell passed through) is a usage error, not a crash later."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{name.replace('_', '-')}: not valid UTF-8 text") from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Each section is a small dataclass; the field comments are the documentation of t
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -162,6 +164,7 @@ class RunConfig:
     preview_every: int = 100
     checkpoint_every: int = 200
     log_every: int = 10
+    checkpoint_seconds: float = 60.0  # also write checkpoints/last.pt when this much time passed since the last (0 = off)
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     export: bool = True  # export mesh and turntable at the end of generate/edit
 
@@ -264,6 +267,8 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
             loaded = OmegaConf.load(p)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"{p}: not valid YAML ({type(exc).__name__})") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{p}: not a config (a YAML mapping of sections such as optim:, render:)")
         _drop_retired(loaded, p)
         try:
             base = OmegaConf.merge(base, loaded)
@@ -333,55 +338,123 @@ def _expected_type(dotted: str) -> str:
     return str(types.get(parts[-1], ""))
 
 
+def _walk(node: Any, prefix: str = ""):
+    """(dotted key, value) of every leaf of the config tree; list/tuple items get [i]."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, key + ".")
+        elif isinstance(value, (list, tuple)):
+            for k, v in enumerate(value):
+                yield f"{key}[{k}]", v
+        else:
+            yield key, value
+
+
 def validate(cfg: Config) -> None:
-    """Checks OmegaConf cannot express: choices and ranges. One-line ConfigError on failure."""
+    """Every check OmegaConf's types cannot express, in one place, before anything is written: every number
+    finite, then choices, ranges and cross-field rules. One-line ConfigError on the first failure."""
+    for key, value in _walk(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
 
     def choice(key: str, value: str, allowed: Sequence[str]) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
 
-    choice("field.kind", cfg.field.kind, ("grid", "hashgrid"))
-    choice("field.density_activation", cfg.field.density_activation, ("softplus", "exp"))
-    choice("field.normals", cfg.field.normals, ("finite_difference", "autograd"))
-    choice("field.grid_decoder", cfg.field.grid_decoder, ("direct", "mlp"))
-    choice("render.background", cfg.render.background, ("constant", "mlp"))
-    choice("guidance.space", cfg.guidance.space, ("latent", "image"))
-    choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
+    def need(ok: bool, key: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: must be {rule}, got {value}")
+
+    f, cam, r, g, o, run, ex = cfg.field, cfg.camera, cfg.render, cfg.guidance, cfg.optim, cfg.run, cfg.export
+    choice("field.kind", f.kind, ("grid", "hashgrid"))
+    choice("field.density_activation", f.density_activation, ("softplus", "exp"))
+    choice("field.normals", f.normals, ("finite_difference", "autograd"))
+    choice("field.grid_decoder", f.grid_decoder, ("direct", "mlp"))
+    choice("render.background", r.background, ("constant", "mlp"))
+    choice("guidance.space", g.space, ("latent", "image"))
+    choice("guidance.weighting", g.weighting, ("sds", "uniform", "snr_sqrt"))
     choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))
     choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "bfloat16", "float32"))
-    for f in cfg.export.formats:
-        choice("export.formats", f, ("glb", "obj", "ply"))
-    if min(cfg.render.p_albedo, cfg.render.p_lambertian, cfg.render.p_textureless) < 0 or (
-        cfg.render.p_albedo + cfg.render.p_lambertian + cfg.render.p_textureless <= 0
-    ):
-        raise ConfigError("render.p_*: shading probabilities must be >= 0 and not all zero")
-    if not 0.0 <= cfg.guidance.t_min < cfg.guidance.t_max <= 1.0:
-        raise ConfigError(
-            f"guidance.t_min/t_max: need 0 <= t_min < t_max <= 1, got {cfg.guidance.t_min}, {cfg.guidance.t_max}"
-        )
-    if cfg.guidance.t_max_end is not None and not cfg.guidance.t_min <= cfg.guidance.t_max_end <= 1.0:
-        raise ConfigError(f"guidance.t_max_end: need t_min <= t_max_end <= 1, got {cfg.guidance.t_max_end}")
-    if cfg.guidance.grad_clip is not None and not cfg.guidance.grad_clip > 0:
-        raise ConfigError(f"guidance.grad_clip: need a value > 0 or null (off), got {cfg.guidance.grad_clip}")
-    if cfg.guidance.anneal_steps < 0 or cfg.guidance.batch_size < 1 or not cfg.prior.guidance_scale >= 0:
-        raise ConfigError(
-            "guidance.anneal_steps must be >= 0, guidance.batch_size >= 1 and prior.guidance_scale >= 0, got "
-            f"{cfg.guidance.anneal_steps}, {cfg.guidance.batch_size}, {cfg.prior.guidance_scale}"
-        )
-    if cfg.guidance.denoise_steps < 1:
-        raise ConfigError(f"guidance.denoise_steps must be >= 1, got {cfg.guidance.denoise_steps}")
-    if cfg.loss.tv != 0 and cfg.field.kind != "grid":
-        raise ConfigError(f"loss.tv: the total variation term needs field.kind=grid, got {cfg.field.kind!r} (set loss.tv=0)")
-    if not cfg.camera.azimuth_start_span >= 0 or cfg.camera.azimuth_widen_steps < 0:
-        raise ConfigError(
-            "camera.azimuth_start_span must be >= 0 degrees and camera.azimuth_widen_steps >= 0, got "
-            f"{cfg.camera.azimuth_start_span}, {cfg.camera.azimuth_widen_steps}"
-        )
-    if cfg.render.resolution < 8 or cfg.render.n_samples < 2:
-        raise ConfigError("render.resolution must be >= 8 and render.n_samples >= 2")
-    if cfg.optim.steps < 0:
-        raise ConfigError(f"optim.steps must be >= 0, got {cfg.optim.steps}")
+    if not (run.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", run.device)):
+        raise ConfigError(f"run.device: {run.device!r} is not one of auto, cpu, cuda, cuda:N")
+    for fmt in ex.formats:
+        choice("export.formats", fmt, ("glb", "obj", "ply"))
+    need(bool(ex.formats), "export.formats", "a non-empty list", ex.formats)
 
+    def at_least(lo: float, *keys: str, strict: bool = False) -> None:
+        for key in keys:
+            value = _get(cfg, key)
+            need(value > lo if strict else value >= lo, key, f"{'>' if strict else '>='} {lo}", value)
+
+    # the field
+    at_least(0, "field.bound", "field.blob_radius", "field.fd_eps", strict=True)
+    at_least(2, "field.grid_resolution")
+    at_least(4, "field.grid_features")
+    at_least(1, "field.hash_levels", "field.hash_features_per_level", "field.hash_base_resolution", "field.hidden_dim",
+             "field.num_layers")
+    need(f.hash_log2_table_size <= 30, "field.hash_log2_table_size", "<= 30", f.hash_log2_table_size)
+    at_least(1, "field.hash_log2_table_size")
+    need(f.hash_base_resolution <= f.hash_max_resolution, "field.hash_max_resolution", ">= field.hash_base_resolution",
+         f.hash_max_resolution)
+    # cameras
+    for key, (lo, hi) in (("camera.distance", cam.distance), ("camera.fov", cam.fov)):
+        need(0 < lo <= hi, key, "0 < low <= high", (lo, hi))
+    need(cam.fov[1] < 180, "camera.fov", "below 180 degrees", cam.fov)
+    need(0 < cam.preview_fov < 180, "camera.preview_fov", "in (0, 180) degrees", cam.preview_fov)
+    need(-90 <= cam.elevation[0] <= cam.elevation[1] <= 90, "camera.elevation", "-90 <= low <= high <= 90", cam.elevation)
+    need(cam.overhead_max <= 90, "camera.overhead_max", "<= 90 degrees", cam.overhead_max)
+    need(cam.azimuth[0] <= cam.azimuth[1], "camera.azimuth", "low <= high", cam.azimuth)
+    need(0 <= cam.overhead_prob <= 1, "camera.overhead_prob", "in [0, 1]", cam.overhead_prob)
+    at_least(0, "camera.preview_distance", strict=True)
+    at_least(0, "camera.light_jitter", "camera.azimuth_start_span", "camera.azimuth_widen_steps")
+    # rendering
+    at_least(8, "render.resolution")
+    at_least(2, "render.n_samples")
+    at_least(0, "render.p_albedo", "render.p_lambertian", "render.p_textureless", "render.ambient", "render.diffuse",
+             "render.occ_threshold", "render.normal_weight_threshold")
+    need(r.p_albedo + r.p_lambertian + r.p_textureless > 0, "render.p_*", "not all zero",
+         (r.p_albedo, r.p_lambertian, r.p_textureless))
+    need(all(0 <= c <= 1 for c in r.background_color), "render.background_color", "three values in [0, 1]",
+         r.background_color)
+    at_least(1, "render.occ_resolution", "render.occ_update_every", "render.chunk")
+    at_least(0, "render.render_step_size", strict=True)
+    need(0 <= r.early_stop_eps < 1, "render.early_stop_eps", "in [0, 1)", r.early_stop_eps)
+    # the prior and the distillation
+    at_least(0, "prior.guidance_scale")
+    need(0.0 <= g.t_min < g.t_max <= 1.0, "guidance.t_min/t_max", "0 <= t_min < t_max <= 1", (g.t_min, g.t_max))
+    need(g.t_max_end is None or g.t_min <= g.t_max_end <= 1.0, "guidance.t_max_end", "in [t_min, 1] or null", g.t_max_end)
+    need(g.grad_clip is None or g.grad_clip > 0, "guidance.grad_clip", "> 0 or null (off)", g.grad_clip)
+    at_least(0, "guidance.anneal_steps")
+    at_least(1, "guidance.batch_size", "guidance.denoise_steps")
+    at_least(0, *(key for key, _ in _walk(cfg.loss, "loss.")))
+    need(cfg.loss.tv == 0 or f.kind == "grid", "loss.tv", "0 unless field.kind=grid (the term needs a voxel grid)",
+         cfg.loss.tv)
+    # optimisation and the run
+    at_least(1, "optim.steps")
+    for key in ("optim.lr_density", "optim.lr_color", "optim.lr_network", "optim.lr_background"):
+        need(0 < _get(cfg, key) <= 10, key, "in (0, 10]", _get(cfg, key))
+    need(all(0 <= b < 1 for b in o.betas), "optim.betas", "two values in [0, 1)", o.betas)
+    at_least(0, "optim.eps", strict=True)
+    at_least(0, "run.seed", "run.threads", "run.preview_every", "run.checkpoint_every", "run.checkpoint_seconds")
+    at_least(1, "run.log_every")
+    need(bool(run.out.strip()), "run.out", "a folder name", repr(run.out))
+    # export, edit, sample
+    need(ex.resolution == 0 or ex.resolution >= 2, "export.resolution", "0 (auto) or >= 2", ex.resolution)
+    need(ex.threshold is None or ex.threshold > 0, "export.threshold", "> 0 or null (auto)", ex.threshold)
+    at_least(0, "export.density_blur", "export.smooth_iterations", "export.target_faces", "edit.mesh_fit_steps",
+             "sample.eta")
+    need(0 <= ex.min_component <= 1, "export.min_component", "in [0, 1]", ex.min_component)
+    at_least(1, "export.video_frames", "export.video_fps", "export.video_resolution", "export.chunk",
+             "edit.anchor_points", "edit.before_after_views", "sample.steps", "sample.n")
+    at_least(0, "edit.import_radius", strict=True)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 def to_yaml(cfg: Config) -> str:
     """The fully resolved config as YAML (saved with every run)."""

@@ -44,13 +44,14 @@ from dreamfield.config import Config, load_config
 from dreamfield.device import resolve_device, set_threads
 from dreamfield.distill.objectives import DDS
 from dreamfield.errors import UsageError, check_prompt
+from dreamfield.generate import toy_prompt
 from dreamfield.export.video import image_grid
 from dreamfield.optimize import optimize
 from dreamfield.prior import load_prior
-from dreamfield.run import RunFolder, export_run, find_run, load_run_scene, save_image, say
+from dreamfield.run import RunFolder, check_same_layout, export_run, find_run, load_run_scene, save_image, say
 from dreamfield.scene.cameras import orbit_cameras
 from dreamfield.scene.mesh_import import MESH_SUFFIXES, fit_field_to_mesh, import_mesh, silhouette_agreement
-from dreamfield.scene.scene import Scene, make_scene
+from dreamfield.scene.scene import Scene, load_scene_state, make_scene
 
 SOURCE_SCENE = "source.pt"
 
@@ -92,19 +93,6 @@ def _check_edit_config(cfg: Config) -> None:
         raise UsageError(f"guidance.space={cfg.guidance.space}: edit runs DDS on the prior's latents; use guidance.space=latent")
 
 
-def _same_scene_layout(cfg: Config, source_cfg: Config) -> None:
-    """The edited scene is a copy of the source, so its field and background must be built alike."""
-    if cfg.field != source_cfg.field:
-        diff = [k for k in vars(cfg.field) if getattr(cfg.field, k) != getattr(source_cfg.field, k)]
-        raise UsageError(
-            f"field settings come from the source run and cannot change in an edit (differ: {', '.join('field.' + k for k in diff)})"
-        )
-    if cfg.render.background != source_cfg.render.background:
-        raise UsageError(
-            f"render.background comes from the source run ({source_cfg.render.background!r}); it cannot change in an edit"
-        )
-
-
 def load_source(kind: str, path: Path, files_: Sequence[str], overrides: Sequence[str]) -> tuple[Config, Scene, dict]:
     """The edit's config, the frozen source scene on its device, and the description for source.json."""
     if kind == "run":
@@ -112,7 +100,7 @@ def load_source(kind: str, path: Path, files_: Sequence[str], overrides: Sequenc
         cfg = load_config([str(run.dir / "config.yaml"), str(edit_defaults()), *files_], overrides)
         _check_edit_config(cfg)
         source_cfg, scene, _ = load_run_scene(path, cfg.run.device)
-        _same_scene_layout(cfg, source_cfg)
+        check_same_layout(source_cfg, cfg, "an edit")
         meta = run.meta()
         info = {
             "kind": "run",
@@ -161,16 +149,18 @@ def before_after(cfg: Config, source: Scene, edited: Scene, path: Path, views: i
 
 def _resume(run: RunFolder, files_: Sequence[str], overrides: Sequence[str]) -> tuple[Config, Scene, Scene, str, str]:
     """An interrupted edit: its config, frozen source (source.pt), the scene to restore, and its prompts."""
-    for need in ("config.yaml", "prompt.json", SOURCE_SCENE, "checkpoints/last.pt"):
+    for need in ("config.yaml", "prompt.json", SOURCE_SCENE):
         if not (run.dir / need).is_file():
             raise UsageError(f"--resume {run.dir}: not an edit run folder to resume (no {need})")
     meta = run.meta()
     if meta.get("command") != "edit":
         raise UsageError(f"--resume {run.dir}: a {meta.get('command')!r} run; resume it with that command")
     cfg = load_config([str(run.dir / "config.yaml"), *files_], overrides)
+    check_same_layout(load_config([str(run.dir / "config.yaml")]), cfg, "--resume")
+    _check_edit_config(cfg)
     device = resolve_device(cfg.run.device)
     source = make_scene(cfg, device)
-    source.load_state_dict(load_checkpoint(run.dir / SOURCE_SCENE)["scene"])
+    load_scene_state(source, load_checkpoint(run.dir / SOURCE_SCENE)["scene"], run.dir / SOURCE_SCENE)
     return cfg, source, make_scene(cfg, device), meta["source_prompt"], meta["prompt"]
 
 
@@ -202,10 +192,14 @@ def run_edit(
     set_threads(cfg.run.threads)
     device = edited.device
     prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    if cfg.prior.model is None:
+        source_prompt, target_prompt = toy_prompt(source_prompt), toy_prompt(target_prompt)
     if not resume:
         run.create(cfg, {"command": "edit", "prompt": target_prompt, "source_prompt": source_prompt, "method": "dds"})
         run.write_json("source.json", info)
         save_checkpoint(run.dir / SOURCE_SCENE, {"step": 0, "scene": src.state_dict()})
+    else:
+        run.record_overrides(cfg)
     say(f"editing {source_prompt!r} -> {target_prompt!r} (dds) in {run.dir} on {device}")
     t0 = time.perf_counter()
     objective = DDS(cfg, prior, target_prompt, src, source_prompt, edited)

@@ -13,13 +13,15 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
+from dreamfield.checkpoint import load_checkpoint
 from dreamfield.config import Config, load_config
 from dreamfield.device import resolve_device, set_threads
 from dreamfield.distill.objectives import make_objective
 from dreamfield.errors import UsageError, check_prompt
 from dreamfield.optimize import optimize
 from dreamfield.prior import load_prior
-from dreamfield.run import RunFolder, export_run, say
+from dreamfield.run import RunFolder, check_same_layout, export_run, say
+from dreamfield.toy.domain import COLOUR_NAMES, SHAPES, normalise_prompt, unknown_words
 from dreamfield.scene.scene import Scene
 
 
@@ -28,13 +30,14 @@ def resume_config(resume: str, files: Sequence[str], overrides: Sequence[str]) -
     run = RunFolder(resume)
     if not (run.dir / "config.yaml").is_file():
         raise UsageError(f"--resume {run.dir}: not a run folder (no config.yaml)")
+    meta = run.meta()
+    if meta.get("command", "generate") != "generate" or not isinstance(meta.get("prompt"), str):
+        raise UsageError(f"--resume {run.dir}: not a generate run (prompt.json: command {meta.get('command')!r})")
     cfg = load_config([str(run.dir / "config.yaml"), *files], overrides)
-    if not run.last.exists():
-        raise UsageError(f"--resume {run.dir}: no checkpoints/last.pt to resume from")
-    prompt = run.meta().get("prompt")
-    if not prompt:
-        raise UsageError(f"--resume {run.dir}: prompt.json holds no prompt")
-    return run, cfg, prompt
+    check_same_layout(load_config([str(run.dir / "config.yaml")]), cfg, "--resume")
+    if run.last.exists():
+        load_checkpoint(run.last)  # a corrupt checkpoint is refused before anything is written
+    return run, cfg, check_prompt(meta["prompt"])
 
 
 def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False, export: bool = True,
@@ -43,8 +46,13 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    if cfg.prior.model is None:
+        prompt = toy_prompt(prompt)
     if not resume:
         run.create(cfg, {"command": "generate", "prompt": prompt})
+    else:
+        run.record_overrides(cfg)
+        say(f"resuming {run.dir} " + (f"from {run.last}" if run.last.exists() else "from step 0 (no checkpoint yet)"))
     say(f"generating {prompt!r} in {run.dir} on {device}")
     t0 = time.perf_counter()
     scene = optimize(cfg, run, make_objective(cfg, prior, prompt), device, resume=resume, progress=progress)
@@ -53,3 +61,14 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
         export_run(cfg, scene, run)
     say(f"done: {run.dir}")
     return scene
+
+
+def toy_prompt(prompt: str) -> str:
+    """The prompt as the embedded prior reads it (normalised), with one warning line for words it does not know."""
+    norm = normalise_prompt(prompt)
+    unknown = unknown_words(norm)
+    if unknown:
+        say(f"warning: the embedded toy prior does not know {', '.join(repr(w) for w in unknown)}: it knows "
+            f"'a {{colour}} {{shape}}' with colours {', '.join(COLOUR_NAMES)} and shapes {', '.join(SHAPES)}; "
+            "for other prompts load a full model with --model PATH")
+    return norm

@@ -12,6 +12,8 @@ sampling uses); both are checkpointed, so ``--resume`` continues the exact same 
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -21,18 +23,52 @@ from tqdm.auto import tqdm
 from dreamfield.checkpoint import load_checkpoint, rng_state, set_rng_state
 from dreamfield.config import Config
 from dreamfield.distill.objectives import Term, View
+from dreamfield.distill.score import NonFiniteError
 from dreamfield.distill.regularizers import entropy_loss, opacity_loss
 from dreamfield.run import RunFolder
 from dreamfield.scene.cameras import azimuth_range_at, sample_cameras
 from dreamfield.scene.occupancy import OccupancyGrid
 from dreamfield.scene.render import choose_shading
-from dreamfield.scene.scene import Scene, make_scene
+from dreamfield.scene.scene import Scene, load_scene_state, make_scene
 
 Objective = Callable[[int, object, View, torch.Generator], Term]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the run stops without writing a checkpoint of the bad state."""
+class NonFiniteLossError(NonFiniteError):
+    """A step's loss, gradients or parameters were NaN or inf; the run stops without checkpointing that state."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint of the current step was written."""
+
+    def __init__(self, signum: int, step: int, path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stopped after step {step}; checkpoint written to {path}")
+        self.signum, self.step = signum, step
+
+
+class StopSignals:
+    """While active, SIGINT/SIGTERM only set a flag: the loop finishes its step, checkpoints it and stops.
+    A second signal stops at once (the default handlers are back after the first)."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def make_optimizer(cfg: Config, scene: Scene) -> torch.optim.Optimizer:
@@ -56,7 +92,8 @@ def optimize(
 ) -> Scene:
     """Optimise ``scene`` (a fresh blob when None) with ``objective`` for cfg.optim.steps steps.
 
-    With ``resume`` the state in ``run/checkpoints/last.pt`` is restored first. ``on_step(done)`` is
+    With ``resume`` the state in ``run/checkpoints/last.pt`` is restored first (a run without one starts
+    again from step 0). ``on_step(done)`` is
     called after every step (benchmarks time the loop through it; tests interrupt it).
     """
     generator = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
@@ -67,62 +104,100 @@ def optimize(
     occupancy = None
     if device.type == "cuda" and cfg.render.use_occupancy_grid:
         occupancy = OccupancyGrid(cfg.render, cfg.field.bound).to(device)
-    start = _restore(run, scene, optimizer, occupancy, generator) if resume else 0
+    start = 0
+    if resume and run.last.exists():
+        start = _restore(run, scene, optimizer, occupancy, generator)
+    elif resume:  # a run stopped before its first checkpoint starts again from its recorded config
+        run.truncate_metrics(0)
     total, res = cfg.optim.steps, cfg.render.resolution
 
     bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, desc="dreamfield", unit="it")
-    t_last = time.perf_counter()
-    for step in bar:
-        # 1. cameras and shading for this step (views widen from the front over the first steps)
-        cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, generator, device, azimuth_range_at(cfg.camera, step))
-        view = View(cams, choose_shading(cfg.render, generator), res)
+    t_last = t_ckpt = time.perf_counter()
+    with StopSignals() as stop:
+        for step in bar:
+            # 1. cameras and shading for this step (views widen from the front over the first steps)
+            cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, generator, device, azimuth_range_at(cfg.camera, step))
+            view = View(cams, choose_shading(cfg.render, generator), res)
 
-        # 2. render the scene
-        if occupancy is not None:
-            occupancy.update(step, scene.field)
-        out = scene.render(cams, res, res, cfg.render, view.shading, occupancy, generator=generator)
+            # 2. render the scene
+            if occupancy is not None:
+                occupancy.update(step, scene.field)
+            out = scene.render(cams, res, res, cfg.render, view.shading, occupancy, generator=generator)
 
-        # 3. the distillation term: encode, t and eps, prior's score (SDS, image-space SDS or DDS)
-        term = objective(step, out, view, generator)
+            # 3. the distillation term: encode, t and eps, prior's score (SDS, image-space SDS or DDS)
+            try:
+                term = objective(step, out, view, generator)
+            except NonFiniteError as exc:
+                raise NonFiniteLossError(f"{exc}; {_last_good(run)}") from None
 
-        # 4. the loss: distillation plus regularisers, summed explicitly with their weights
-        reg = {"opacity": opacity_loss(out.opacity), "entropy": entropy_loss(out.opacity), "orientation": out.orientation}
-        loss = (
-            cfg.loss.sds * term.loss
-            + cfg.loss.opacity * reg["opacity"]
-            + cfg.loss.entropy * reg["entropy"]
-            + cfg.loss.orientation * reg["orientation"]
-        )
-        if cfg.loss.tv > 0:
-            loss = loss + cfg.loss.tv * scene.field.density_tv()
-        for _, extra in term.extra:  # the objective's own terms (DDS preservation), already weighted
-            loss = loss + extra
-        if not torch.isfinite(loss):
-            bar.close()
-            raise NonFiniteLossError(f"loss is {loss.item()} at step {step}; stopped, last checkpoint kept in {run.ckpt_dir}")
+            # 4. the loss: distillation plus regularisers, summed explicitly with their weights
+            reg = {"opacity": opacity_loss(out.opacity), "entropy": entropy_loss(out.opacity), "orientation": out.orientation}
+            loss = (
+                cfg.loss.sds * term.loss
+                + cfg.loss.opacity * reg["opacity"]
+                + cfg.loss.entropy * reg["entropy"]
+                + cfg.loss.orientation * reg["orientation"]
+            )
+            if cfg.loss.tv > 0:
+                reg["tv"] = scene.field.density_tv()
+                loss = loss + cfg.loss.tv * reg["tv"]
+            for _, extra in term.extra:  # the objective's own terms (DDS preservation), already weighted
+                loss = loss + extra
 
-        # 5. optimiser step
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        done = step + 1
+            # 5. optimiser step, accepted only when the loss, the gradients and the new parameters are finite
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _check_finite(step, loss, term, reg, optimizer, run, "before")
+            optimizer.step()
+            _check_finite(step, loss, term, reg, optimizer, run, "after")
+            done = step + 1
 
-        # 6. log (host syncs only on logged steps), preview, checkpoint
-        now = time.perf_counter()
-        step_seconds, t_last = now - t_last, now
-        if step % cfg.run.log_every == 0 or done == total:
-            rec = _record(step, loss, term, reg, view, step_seconds)
-            run.log(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4g}", t=rec["t"], opac=f"{rec['opacity']:.3f}")
-        if cfg.run.preview_every > 0 and (done % cfg.run.preview_every == 0 or done == total):
-            run.preview(cfg, scene, done, occupancy)
-        periodic = cfg.run.checkpoint_every > 0 and done % cfg.run.checkpoint_every == 0
-        if periodic or done == total:
-            run.checkpoint(_state(done, scene, optimizer, occupancy, generator), periodic)
-        if on_step is not None:
-            on_step(done)
+            # 6. log (host syncs only on logged steps), preview, checkpoint (every K steps, every few seconds, on a signal)
+            now = time.perf_counter()
+            step_seconds, t_last = now - t_last, now
+            if step % cfg.run.log_every == 0 or done == total:
+                rec = _record(step, loss, term, reg, view, step_seconds)
+                run.log(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", t=rec["t"], opac=f"{rec['opacity']:.3f}")
+            if cfg.run.preview_every > 0 and (done % cfg.run.preview_every == 0 or done == total):
+                run.preview(cfg, scene, done, occupancy)
+            periodic = cfg.run.checkpoint_every > 0 and done % cfg.run.checkpoint_every == 0
+            timely = cfg.run.checkpoint_seconds > 0 and now - t_ckpt >= cfg.run.checkpoint_seconds
+            if periodic or timely or done == total or stop.received:
+                run.checkpoint(_state(done, scene, optimizer, occupancy, generator), periodic)
+                t_ckpt = time.perf_counter()
+            if stop.received:
+                bar.close()
+                raise Interrupted(stop.received, done, run.last)
+            if on_step is not None:
+                on_step(done)
     bar.close()
     return scene
+
+
+def _check_finite(step: int, loss, term: Term, reg: dict, optimizer, run: RunFolder, when: str) -> None:
+    """Stop with one line naming the step, what broke and the last good checkpoint: ``before`` the Adam step
+    the loss terms and the gradients are checked, ``after`` it the parameters."""
+    if when == "before":
+        if bool(torch.isfinite(loss)):
+            named = [(g.get("name", f"group {k}"), p.grad) for k, g in enumerate(optimizer.param_groups)
+                     for p in g["params"] if p.grad is not None]
+            what = "gradient of the {} parameters"
+        else:
+            named = [("distillation term", term.loss)] + list(reg.items()) + list(term.extra)
+            what = "{} of the loss"
+    else:
+        named = [(g.get("name", f"group {k}"), p) for k, g in enumerate(optimizer.param_groups) for p in g["params"]]
+        what = "{} parameters after the Adam step (lower the learning rates)"
+    for name, value in named:
+        if not bool(torch.isfinite(value).all()):
+            raise NonFiniteLossError(f"non-finite {what.format(name)} at step {step}; {_last_good(run)}")
+
+
+def _last_good(run: RunFolder) -> str:
+    if run.last.is_file():
+        return f"stopped; last good checkpoint {run.last} (resume with --resume {run.dir})"
+    return f"stopped; no checkpoint was written yet (--resume {run.dir} starts it again)"
 
 
 def _record(step: int, loss, term: Term, reg: dict, view: View, seconds: float) -> dict:
@@ -144,8 +219,11 @@ def _state(step: int, scene: Scene, optimizer, occupancy, generator: torch.Gener
 def _restore(run: RunFolder, scene: Scene, optimizer, occupancy, generator: torch.Generator) -> int:
     """Load checkpoints/last.pt into the scene, optimiser, occupancy grid and RNGs; returns its step."""
     state = load_checkpoint(run.last)
-    scene.load_state_dict(state["scene"])
+    load_scene_state(scene, state["scene"], run.last)
+    settings = [{k: g[k] for k in ("lr", "betas", "eps")} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, fresh in zip(optimizer.param_groups, settings):  # the config's values win (a --set on resume)
+        group.update(fresh)
     if occupancy is not None and "occupancy" in state:
         occupancy.load_state_dict(state["occupancy"])
     set_rng_state(state["rng"], generator)

@@ -32,7 +32,7 @@ from dreamfield.errors import UsageError
 from dreamfield.export.video import image_grid
 from dreamfield.files import write_bytes, write_text
 from dreamfield.scene.cameras import orbit_cameras
-from dreamfield.scene.scene import Scene, make_scene
+from dreamfield.scene.scene import Scene, load_scene_state, make_scene
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -63,6 +63,9 @@ class RunFolder:
         run = RunFolder(out)
         if run.last.exists() or (run.dir / "config.yaml").exists():
             raise UsageError(f"run folder {run.dir} already holds a run; use --resume {run.dir} or another --out")
+        if run.dir.exists() and (not run.dir.is_dir() or any(run.dir.iterdir())):
+            what = "a file" if not run.dir.is_dir() else "a folder with files dreamfield did not write"
+            raise UsageError(f"--out {run.dir} is {what}; give a new or empty folder")
         return run
 
     def create(self, cfg: Config, meta: dict) -> None:
@@ -70,6 +73,15 @@ class RunFolder:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(self.dir / "config.yaml", to_yaml(cfg))
         write_text(self.dir / "prompt.json", json.dumps(meta) + "\n")
+
+    def record_overrides(self, cfg: Config) -> None:
+        """On resume: settings given now apply from here on; config.yaml is rewritten to say so, and one
+        line names what changed."""
+        saved = load_config([self.dir / "config.yaml"])
+        changed = [k for k, v in _leaves(cfg) if _leaves_dict(saved).get(k) != v]
+        if changed:
+            write_text(self.dir / "config.yaml", to_yaml(cfg))
+            say(f"resume applies {', '.join(f'{k}={v}' for k, v in _leaves(cfg) if k in changed)} (config.yaml updated)")
 
     def write_json(self, name: str, obj: dict) -> Path:
         return write_text(self.dir / name, json.dumps(obj, indent=2) + "\n")
@@ -114,11 +126,37 @@ class RunFolder:
         return save_image(image_grid(torch.cat([out.rgb, normals]), nrow=views), self.dir / "previews" / f"step_{step:06d}.png")
 
 
+def _leaves(cfg: Config) -> list[tuple[str, object]]:
+    import dataclasses
+
+    out = []
+    for section in dataclasses.fields(cfg):
+        node = getattr(cfg, section.name)
+        out += [(f"{section.name}.{f.name}", getattr(node, f.name)) for f in dataclasses.fields(node)]
+    return out
+
+
+def _leaves_dict(cfg: Config) -> dict:
+    return dict(_leaves(cfg))
+
+
 def save_image(image: Image.Image, path: Path) -> Path:
     """A PIL image written atomically as PNG."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return write_bytes(path, buf.getvalue())
+
+
+def check_same_layout(saved: Config, cfg: Config, what: str) -> None:
+    """A scene saved under ``saved`` is restored under ``cfg``: its field and background must be built alike
+    (UsageError naming the keys that differ)."""
+    if cfg.field != saved.field:
+        diff = [k for k in vars(cfg.field) if getattr(cfg.field, k) != getattr(saved.field, k)]
+        raise UsageError(f"field settings come from the saved run and cannot change in {what} "
+                         f"(differ: {', '.join('field.' + k for k in diff)})")
+    if cfg.render.background != saved.render.background:
+        raise UsageError(f"render.background comes from the saved run ({saved.render.background!r}); "
+                         f"it cannot change in {what}")
 
 
 def find_run(path: str | Path) -> tuple[RunFolder, Path]:
@@ -144,13 +182,17 @@ def load_run_scene(path: str | Path, device_name: Optional[str] = None) -> tuple
     device = resolve_device(cfg.run.device)
     state = load_checkpoint(ckpt)
     scene = make_scene(cfg, device)
-    scene.load_state_dict(state["scene"])
+    load_scene_state(scene, state["scene"], ckpt)
     return cfg, scene, device
 
 
 def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequence[str]] = None,
-               video: bool = True) -> None:
-    """The export of a run: mesh (cfg.export.formats or ``formats``), turntable videos and views.png."""
+               video: bool = True, strict: bool = False) -> None:
+    """The export of a run: mesh (cfg.export.formats or ``formats``), turntable videos and views.png.
+
+    A field with nothing above the export level is a warning at the end of a run; with ``strict`` (the
+    ``export`` command) it is an error before anything is written.
+    """
     from dreamfield.export.mesh import EmptyMeshError, extract_mesh, save_mesh
     from dreamfield.export.video import contact_sheet, turntable
 
@@ -160,6 +202,8 @@ def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequ
         paths = save_mesh(mesh, run.dir / "mesh", formats or cfg.export.formats)
         say(f"mesh {', '.join(str(p) for p in paths)} ({len(mesh.faces)} faces)")
     except EmptyMeshError as exc:
+        if strict:
+            raise
         say(f"warning: no mesh exported: {exc}")
     if video:
         ex, cam = cfg.export, cfg.camera

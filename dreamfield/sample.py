@@ -4,7 +4,7 @@ suffix: the quick check that a prior knows a prompt before a long 3D run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -19,8 +19,9 @@ VIEWS = ("front", "side", "back", "overhead")
 
 
 def run_sample(cfg: Config, prompt: str, views: Sequence[str], method: str, steps: int, n: int, guidance: float,
-               eta: float, out: Optional[str]) -> Path:
-    """``n`` samples of ``prompt`` for each view suffix (or the bare prompt when ``views`` is empty) as one PNG grid."""
+               eta: float, out: Path) -> Path:
+    """``n`` samples of ``prompt`` for each view suffix (or the bare prompt when ``views`` is empty) as one PNG
+    grid ``out/<prompt-slug>-<method>.png`` (written atomically); returns its path."""
     set_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
@@ -37,7 +38,7 @@ def run_sample(cfg: Config, prompt: str, views: Sequence[str], method: str, step
         z = sample(eps_fn, shape, prior.schedule, method=method, steps=steps, eta=eta, generator=generator,
                    device=prior.device, progress=True)
         rows.append(prior.decode(z.to(device)).float().cpu())
-    path = Path(out) if out else Path(cfg.run.out) / "samples" / f"{slugify(prompt)}-{method}.png"
+    path = Path(out) / f"{slugify(prompt)}-{method}.png"
     save_image(image_grid(torch.cat(rows), nrow=n), path)
     say(f"{len(texts)} x {n} samples ({method}, {steps} steps, guidance {guidance}) -> {path}")
     return path

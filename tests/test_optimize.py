@@ -80,7 +80,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
     cfg = small_cfg(10, "run.checkpoint_every=1", "guidance.denoise_steps=1")  # one eps call per step
     with pytest.raises(NonFiniteError) as info:
         run_loop(cfg, prior, tmp_path / "run")
-    assert "step 3" in str(info.value)
+    assert "step 3" in str(info.value) and "last good checkpoint" in str(info.value)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["scene"]["field"].values())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dreamfield.checkpoint import CheckpointError
 from dreamfield.config import Config, RenderConfig
 from dreamfield.scene.background import make_background
 from dreamfield.scene.cameras import Cameras
@@ -69,3 +70,20 @@ def make_scene(cfg: Config, device: torch.device | str) -> Scene:
     return Scene(
         make_field(cfg.field).to(device), make_background(cfg.render).to(device), cfg.field.bound, cfg.field.bounding_radius
     )
+
+
+def load_scene_state(scene: Scene, state: dict, source) -> None:
+    """``scene.load_state_dict(state)``, with a one-line error naming the first tensor whose shape differs
+    (a checkpoint made under another field layout) instead of torch's multi-line message."""
+    for part, module in (("field", scene.field), ("background", scene.background)):
+        mine = module.state_dict()
+        theirs = state.get(part, {})
+        for key in sorted(set(mine) | set(theirs)):
+            if key not in theirs or key not in mine:
+                raise CheckpointError(f"{source}: made with another {part} layout ({part}.{key} missing on one side)")
+            if tuple(mine[key].shape) != tuple(theirs[key].shape):
+                raise CheckpointError(
+                    f"{source}: made with another {part} layout ({part}.{key} is {tuple(theirs[key].shape)} there, "
+                    f"{tuple(mine[key].shape)} with this config)"
+                )
+    scene.load_state_dict(state)

@@ -84,3 +84,17 @@ def parse_prompt(text: str) -> Optional[tuple[str, str]]:
     if colour in COLOURS and shape in SHAPES:
         return colour, shape
     return None
+
+
+VOCABULARY: frozenset[str] = frozenset({"a", "an", "view", *COLOUR_NAMES, *SHAPES, *VIEW_LABELS})
+
+
+def normalise_prompt(text: str) -> str:
+    """What the embedded prior reads: lower case, single spaces, no trailing full stop."""
+    return " ".join(text.lower().split()).rstrip(". ").strip()
+
+
+def unknown_words(text: str) -> list[str]:
+    """Words of ``text`` (normalised) outside the toy world's vocabulary, in order, without repeats."""
+    words = re.findall(r"[a-z0-9']+", normalise_prompt(text))
+    return list(dict.fromkeys(w for w in words if w not in VOCABULARY))
