@@ -257,6 +257,10 @@ def test_probe_when_the_compile_fails(fake_cuda, monkeypatch, tmp_path):
     assert "2 errors detected" in log.read_text()
     root = tmp_path / "cache" / "nerfacc"
     assert sorted(p.suffix for p in root.iterdir()) == [".lock", ".log"]  # nothing published, no temp folder
+    # the next start does not compile again for minutes: it reports the earlier failure at once
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("compiled again after a failure"))
+    again = _one_line_reason(nc.probe_packed("cuda"))
+    assert again.startswith("an earlier compile failed (utils_math.cuh(1145): error:") and str(log) in again
 
 
 def test_probe_when_the_backend_is_none(fake_cuda, monkeypatch):

@@ -370,6 +370,11 @@ def ensure_nerfacc_cuda(verbose: bool = False, device: torch.device | None = Non
     root = cache_root()
     manifest = {"key": key, "nerfacc": nerfacc.__version__, "torch": torch.__version__, "cuda": cuda, "arch": arch}
 
+    log = root / f"{key}.failed.log"
+    if log.is_file():  # a compile takes minutes: do not repeat a failed one at every start
+        first = log.read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+        raise NerfaccUnavailable(f"an earlier compile failed ({first}); delete {log} to retry")
+
     def build(tmp: Path) -> object:
         print(f"dreamfield: compiling nerfacc's CUDA extension (first run, a few minutes) into {root / key}",
               file=sys.stderr, flush=True)
@@ -378,8 +383,7 @@ def ensure_nerfacc_cuda(verbose: bool = False, device: torch.device | None = Non
         except NerfaccUnavailable:
             raise
         except Exception as e:
-            log = root / f"{key}.failed.log"
-            _write_atomic(log, f"{type(e).__name__}: {e}\n")
+            _write_atomic(log, f"{_first_error(e)}\n{type(e).__name__}: {e}\n")
             raise NerfaccUnavailable(f"compiling nerfacc's CUDA extension failed: {_first_error(e)} (log: {log})")
 
     so, module, cached = build_or_reuse(root, key, build)
