@@ -34,9 +34,14 @@ def sample_grid(volume: Tensor, x: Tensor, bound: float) -> Tensor:
     return out.reshape(volume.shape[1], -1).t()
 
 
+# Points per pass over the levels: the per-level temporaries ((N, 8) indices, weights, gathered rows)
+# then never exceed this many rows, however many points a call brings.
+_CHUNK = 1 << 16
+
+
 class _Level(NamedTuple):
     """One level's lattice: N_l cells per axis, side = N_l + 1 vertices per axis, its table rows
-    [offset, offset + size), hashed or dense (the rule in HashEncoding's docstring)."""
+    [offset, offset + size), hashed (size a power of two) or dense (the rule in HashEncoding)."""
 
     resolution: float
     side: int
@@ -45,40 +50,51 @@ class _Level(NamedTuple):
     offset: int
 
 
-def _level_lookup(x: Tensor, level: _Level, bound: float, primes: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """The 8 table rows around each point and its position in the cell, for one level.
+class _Cell(NamedTuple):
+    """Where points sit in one level: idx (N, 8) int64 rows of the level's table slice, corner
+    c = x_bit + 2 y_bit + 4 z_bit; per-axis linear weights wx, wy, wz (N, 2) = (1 - f, f) of the
+    position f in the cell; dfrac (N, 3) = d f / d x."""
 
-    x: (N, 3) world points. Returns idx (N, 8) int64 table rows, corner c = x_bit + 2 y_bit + 4 z_bit;
-    frac (N, 3) in [0, 1], differentiable in x when grad mode is on (only the double backward of the
-    encoding records a graph; Function.forward runs without one); dfrac (N, 3), d frac / d x:
-    N_l / (2 bound) inside the box, 0 where the clamp to the box is active, as autograd's clamp gives.
-    The hash is built from per-axis (N, 2) products, so no (N, 8, 3) tensor is made.
-    """
+    idx: Tensor
+    wx: Tensor
+    wy: Tensor
+    wz: Tensor
+    dfrac: Tensor
+
+
+def _box_coords(x: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """x (N, 3) -> u (N, 3), x mapped to [0, 1] and clamped to the box, and inside (N, 3), 1.0 where
+    the clamp passes the gradient (on [0, 1], ends included, as autograd's clamp does) else 0.0."""
     t = (x + bound) / (2 * bound)
-    pos = t.clamp(0.0, 1.0) * level.resolution  # (N, 3) in vertex units
+    with torch.no_grad():
+        inside = ((t >= 0.0) & (t <= 1.0)).to(x.dtype)
+    return t.clamp(0.0, 1.0), inside
+
+
+def _cell(u: Tensor, inside: Tensor, level: _Level, bound: float, primes: tuple[int, ...]) -> _Cell:
+    """The 8 table rows around each point of u (N, 3) (from _box_coords) at one level, and its weights.
+
+    The weights are differentiable in u when grad mode is on (only the encoding's double backward
+    records that graph; Function.forward runs without one). The hash is built from per-axis (N, 2)
+    products, so no (N, 8, 3) tensor is made.
+    """
+    pos = u * level.resolution  # (N, 3) in vertex units
     base = torch.floor(pos).detach()
     frac = pos - base
+    w = torch.stack([1 - frac, frac], dim=1)  # (N, 2, 3): [corner bit, axis]
     with torch.no_grad():
-        inside = (t >= 0.0) & (t <= 1.0)  # clamp's backward passes the gradient on [0, 1], ends included
-        dfrac = inside.to(frac.dtype) * (level.resolution / (2 * bound))
         b = base.long()
-        v = torch.stack([b, b + 1], dim=1)  # (N, 2, 3): [corner bit, axis]
+        v = torch.stack([b, b + 1], dim=1)  # (N, 2, 3)
         if level.hashed:
-            p = v * torch.tensor(primes, dtype=torch.int64, device=x.device)  # (N, 2, 3)
+            p = v * torch.tensor(primes, dtype=torch.int64, device=u.device)
             idx = p[:, :, None, None, 2] ^ p[:, None, :, None, 1] ^ p[:, None, None, :, 0]  # (N, 2z, 2y, 2x)
-            idx = torch.remainder(idx, level.size)
+            idx = idx & (level.size - 1)  # mod 2^k of non-negative integers
         else:
             v = v.clamp(max=level.side - 1)  # the box's far face: its +1 corners carry weight 0
             s = level.side
             idx = (v[:, :, None, None, 2] * s + v[:, None, :, None, 1]) * s + v[:, None, None, :, 0]
-        idx = idx.reshape(-1, 8) + level.offset
-    return idx, frac, dfrac
-
-
-def _axis_weights(frac: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """frac (N, 3) -> per-axis linear weights (1 - f, f), each (N, 2)."""
-    w = torch.stack([1 - frac, frac], dim=1)  # (N, 2, 3)
-    return w[:, :, 0], w[:, :, 1], w[:, :, 2]
+    dfrac = inside * (level.resolution / (2 * bound))
+    return _Cell(idx.reshape(-1, 8), w[:, :, 0], w[:, :, 1], w[:, :, 2], dfrac)
 
 
 def _trilinear(wx: Tensor, wy: Tensor, wz: Tensor) -> Tensor:
@@ -86,27 +102,99 @@ def _trilinear(wx: Tensor, wy: Tensor, wz: Tensor) -> Tensor:
     return ((wx[:, None, None, :] * wy[:, None, :, None]) * wz[:, :, None, None]).reshape(-1, 8)
 
 
-def _weight_jvp(wx: Tensor, wy: Tensor, wz: Tensor, d: Tensor) -> Tensor:
-    """sum_k (d w_c / d frac_k) d_k for each corner: d (N, 3) -> (N, 8)."""
-    sign = torch.tensor([-1.0, 1.0], dtype=d.dtype, device=d.device)
-    ex, ey, ez = sign * d[:, 0:1], sign * d[:, 1:2], sign * d[:, 2:3]  # d (1 - f, f) / d f = (-1, 1)
-    return _trilinear(ex, wy, wz) + _trilinear(wx, ey, wz) + _trilinear(wx, wy, ez)
+def _weight_jvp(cell: _Cell, d: Tensor) -> Tensor:
+    """sum_k (d w_c / d x_k) d_k for each corner: d (N, 3) -> (N, 8)."""
+    d = d * cell.dfrac
+    sign = torch.tensor([-1.0, 1.0], dtype=d.dtype, device=d.device)  # d (1 - f, f) / d f
+    ex, ey, ez = sign * d[:, 0:1], sign * d[:, 1:2], sign * d[:, 2:3]
+    return _trilinear(ex, cell.wy, cell.wz) + _trilinear(cell.wx, ey, cell.wz) + _trilinear(cell.wx, cell.wy, ez)
 
 
-def _weight_vjp(wx: Tensor, wy: Tensor, wz: Tensor, s: Tensor) -> Tensor:
-    """sum_c s_c d w_c / d frac: s (N, 8) -> (N, 3) (the transpose of _weight_jvp)."""
+def _weight_vjp(cell: _Cell, s: Tensor) -> Tensor:
+    """sum_c s_c d w_c / d x: s (N, 8) -> (N, 3) (the transpose of _weight_jvp)."""
     s = s.reshape(-1, 2, 2, 2)  # (N, z, y, x)
     dx = s[..., 1] - s[..., 0]  # (N, z, y)
     dy = s[:, :, 1, :] - s[:, :, 0, :]  # (N, z, x)
     dz = s[:, 1] - s[:, 0]  # (N, y, x)
-    gx = ((dx * wy[:, None, :]).sum(-1) * wz).sum(-1)
-    gy = ((dy * wx[:, None, :]).sum(-1) * wz).sum(-1)
-    gz = ((dz * wx[:, None, :]).sum(-1) * wy).sum(-1)
-    return torch.stack([gx, gy, gz], dim=-1)
+    gx = ((dx * cell.wy[:, None, :]).sum(-1) * cell.wz).sum(-1)
+    gy = ((dy * cell.wx[:, None, :]).sum(-1) * cell.wz).sum(-1)
+    gz = ((dz * cell.wx[:, None, :]).sum(-1) * cell.wy).sum(-1)
+    return torch.stack([gx, gy, gz], dim=-1) * cell.dfrac
+
+
+def _gather(table: Tensor, level: _Level, cell: _Cell, dtype: torch.dtype) -> Tensor:
+    """The level's table rows at the cell corners: (N, 8, F)."""
+    rows = table.narrow(0, level.offset, level.size).index_select(0, cell.idx.reshape(-1))
+    return rows.view(-1, 8, table.shape[1]).to(dtype)
+
+
+def _scatter(gt: Tensor, level: _Level, cell: _Cell, values: Tensor) -> None:
+    """gt[rows at the cell corners] += values (N, 8, F), in place."""
+    gt.narrow(0, level.offset, level.size).index_add_(0, cell.idx.reshape(-1), values.reshape(-1, gt.shape[1]).to(gt.dtype))
+
+
+Levels = tuple[_Level, ...]
+Primes = tuple[int, ...]
+
+
+def _encode(x: Tensor, table: Tensor, levels: Levels, bound: float, primes: Primes) -> Tensor:
+    """E(x) = concat_l sum_c w_c(x) T[idx_l,c(x)]: x (N, 3) -> (N, L F), chunk by chunk (no graph)."""
+    n, f = x.shape[0], table.shape[1]
+    out = x.new_empty(n, len(levels), f)
+    for a in range(0, n, _CHUNK):
+        u, inside = _box_coords(x[a : a + _CHUNK], bound)
+        for l, level in enumerate(levels):
+            cell = _cell(u, inside, level, bound, primes)
+            w = _trilinear(cell.wx, cell.wy, cell.wz)  # (N, 8)
+            out[a : a + _CHUNK, l] = (w[..., None] * _gather(table, level, cell, x.dtype)).sum(dim=1)
+    return out.reshape(n, -1)
+
+
+def _encode_vjp(
+    x: Tensor, table: Tensor, grad: Tensor, levels: Levels, bound: float, primes: Primes, need_x: bool, gt: Tensor | None
+) -> Tensor | None:
+    """For grad (N, L F): adds grad^T dE/dtable into gt (rows, F) when given, and returns
+    grad^T dE/dx (N, 3) when need_x. dE_l/dT[idx_c] = w_c; dE_l/dx = sum_c T[idx_c] (d w_c / d x)."""
+    n, f = x.shape[0], table.shape[1]
+    grad = grad.reshape(n, len(levels), f)
+    parts = []
+    for a in range(0, n, _CHUNK):
+        u, inside = _box_coords(x[a : a + _CHUNK], bound)
+        gx = None
+        for l, level in enumerate(levels):
+            cell = _cell(u, inside, level, bound, primes)
+            g = grad[a : a + _CHUNK, l]  # (n, F)
+            if gt is not None:
+                _scatter(gt, level, cell, _trilinear(cell.wx, cell.wy, cell.wz)[..., None] * g[:, None, :])
+            if need_x:
+                s = (_gather(table, level, cell, x.dtype) * g[:, None, :]).sum(dim=-1)  # (n, 8)
+                gx = _weight_vjp(cell, s) if gx is None else gx + _weight_vjp(cell, s)
+        parts.append(gx)
+    return torch.cat(parts) if need_x else None
+
+
+def _grad_x_vjp(
+    x: Tensor, table: Tensor, h: Tensor, grad: Tensor, levels: Levels, bound: float, primes: Primes, gt: Tensor | None, need_h: bool
+) -> Tensor | None:
+    """Backward of (dE/dx)^T h for grad (N, 3): adds d/dtable into gt when given, returns d/dh (N, L F)
+    when need_h. Both use q_c = (d w_c / d x) . grad: d/dh_l = sum_c T[idx_c] q_c, d/dT[idx_c] += q_c h_l."""
+    n, f = x.shape[0], table.shape[1]
+    h = h.reshape(n, len(levels), f)
+    gh = h.new_empty(h.shape) if need_h else None
+    for a in range(0, n, _CHUNK):
+        u, inside = _box_coords(x[a : a + _CHUNK], bound)
+        for l, level in enumerate(levels):
+            cell = _cell(u, inside, level, bound, primes)
+            q = _weight_jvp(cell, grad[a : a + _CHUNK])  # (n, 8)
+            if gt is not None:
+                _scatter(gt, level, cell, q[..., None] * h[a : a + _CHUNK, l, None, :])
+            if gh is not None:
+                gh[a : a + _CHUNK, l] = (_gather(table, level, cell, h.dtype) * q[..., None]).sum(dim=1)
+    return None if gh is None else gh.reshape(n, -1)
 
 
 class _HashEncode(torch.autograd.Function):
-    """E(x) = concat_l sum_c w_c(x) T[idx_l,c(x)]: x (N, 3), table (rows, F) -> (N, L F).
+    """E(x): x (N, 3), table (rows, F) -> (N, L F), see _encode.
 
     Saves only x and the table; the backward recomputes each level's corners. The backward is made
     of differentiable torch ops, so a double backward (field.normals="autograd" through
@@ -114,89 +202,37 @@ class _HashEncode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, levels: tuple[_Level, ...], bound: float, primes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, table: Tensor, levels: Levels, bound: float, primes: Primes) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, table)
         ctx.levels, ctx.bound, ctx.primes = levels, bound, primes
-        n, f = x.shape[0], table.shape[1]
-        out = x.new_empty(n, len(levels), f)
-        for l, level in enumerate(levels):
-            idx, frac, _ = _level_lookup(x, level, bound, primes)
-            w = _trilinear(*_axis_weights(frac))  # (N, 8)
-            feats = table.index_select(0, idx.reshape(-1)).view(n, 8, f).to(x.dtype)
-            out[:, l] = (w[..., None] * feats).sum(dim=1)
-        return out.reshape(n, -1)
+        return _encode(x, table, levels, bound, primes)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, table = ctx.saved_tensors
-        need_x, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx, gt = _encode_vjp(x, table, grad, ctx.levels, ctx.bound, ctx.primes, need_x, need_table)
+        gt = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        gx = _encode_vjp(x, table, grad, ctx.levels, ctx.bound, ctx.primes, ctx.needs_input_grad[0], gt)
         return gx, gt, None, None, None
-
-
-def _encode_vjp(
-    x: Tensor,
-    table: Tensor,
-    grad: Tensor,
-    levels: tuple[_Level, ...],
-    bound: float,
-    primes: tuple[int, ...],
-    need_x: bool,
-    need_table: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """grad (N, L F) -> (grad^T dE/dx (N, 3), grad^T dE/dtable (rows, F)), each None where not needed.
-
-    dE_l/dx = sum_c T[idx_c] (d w_c / d frac) (d frac / d x); dE_l/dT[idx_c] = w_c (scatter-added).
-    """
-    n, f = x.shape[0], table.shape[1]
-    grad = grad.reshape(n, len(levels), f)
-    gx = torch.zeros_like(x) if need_x else None
-    gt = torch.zeros_like(table) if need_table else None
-    for l, level in enumerate(levels):
-        idx, frac, dfrac = _level_lookup(x, level, bound, primes)
-        wx, wy, wz = _axis_weights(frac)
-        g = grad[:, l]  # (N, F)
-        if gt is not None:
-            w = _trilinear(wx, wy, wz)
-            gt.index_add_(0, idx.reshape(-1), (w[..., None] * g[:, None, :]).reshape(-1, f).to(table.dtype))
-        if gx is not None:
-            feats = table.index_select(0, idx.reshape(-1)).view(n, 8, f).to(x.dtype)
-            gx += _weight_vjp(wx, wy, wz, (feats * g[:, None, :]).sum(dim=-1)) * dfrac
-    return gx, gt
 
 
 class _HashEncodeGradX(torch.autograd.Function):
     """(dE/dx)^T h: x (N, 3), table (rows, F), h (N, L F) -> (N, 3), the chain rule's step from the
-    encoding's output back to the point (a Jacobian-vector product, no autograd graph of the lookup).
-
-    It is linear in the table and in h, so its backward is one more pass over the corners:
-    d/dh_l = sum_c T[idx_c] q_c and d/dT[idx_c] += q_c h_l, with q_c = (d w_c / d x) . G.
-    The points are constants here (HashEncoding.grad_x refuses x that requires grad).
-    """
+    encoding's output back to the point, without an autograd graph of the lookup. Linear in the
+    table and in h, so its backward (_grad_x_vjp) is one more pass over the corners. The points are
+    constants here (HashEncoding.grad_x refuses x that requires grad)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, h: Tensor, levels: tuple[_Level, ...], bound: float, primes: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, table: Tensor, h: Tensor, levels: Levels, bound: float, primes: Primes) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, table, h)
         ctx.levels, ctx.bound, ctx.primes = levels, bound, primes
-        gx, _ = _encode_vjp(x, table, h, levels, bound, primes, need_x=True, need_table=False)
-        return gx
+        return _encode_vjp(x, table, h, levels, bound, primes, need_x=True, gt=None)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, table, h = ctx.saved_tensors
-        n, f = x.shape[0], table.shape[1]
-        h = h.reshape(n, len(ctx.levels), f)
         gt = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
-        gh = h.new_empty(h.shape) if ctx.needs_input_grad[2] else None
-        for l, level in enumerate(ctx.levels):
-            idx, frac, dfrac = _level_lookup(x, level, ctx.bound, ctx.primes)
-            q = _weight_jvp(*_axis_weights(frac), grad * dfrac)  # (N, 8): (d w_c / d x) . G
-            if gt is not None:
-                gt.index_add_(0, idx.reshape(-1), (q[..., None] * h[:, l, None, :]).reshape(-1, f).to(table.dtype))
-            if gh is not None:
-                feats = table.index_select(0, idx.reshape(-1)).view(n, 8, f).to(h.dtype)
-                gh[:, l] = (feats * q[..., None]).sum(dim=1)
-        return None, gt, None if gh is None else gh.reshape(n, -1), None, None, None
+        gh = _grad_x_vjp(x, table, h, grad, ctx.levels, ctx.bound, ctx.primes, gt, ctx.needs_input_grad[2])
+        return None, gt, gh, None, None, None
 
 
 class HashEncoding(nn.Module):
