@@ -27,11 +27,13 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from dreamfield.errors import UsageError
+from dreamfield.files import atomic_path, write_bytes
 
 REPORT_NAME = "report.html"
 ASSETS_DIR = "report_assets"
@@ -57,8 +59,8 @@ CURVES = {
 ALWAYS_DRAWN = ("loss", "t", "distill_norm", "opacity")
 
 
-class NotARunError(ValueError):
-    """The folder given is not a dreamfield run folder (one line)."""
+class NotARunError(UsageError):
+    """The folder given is not a dreamfield run folder (one line; a ValueError)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,37 +118,12 @@ def find_model_viewer() -> Optional[Path]:
     return candidate if candidate.is_file() else None
 
 
-# ----------------------------------------------------------------------------------------------
-# writing files atomically
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def copy_asset(src: Path, run_dir: Path) -> str:
     """Copy ``src`` into ``run_dir/report_assets/`` (atomically, only when it differs); its relative path."""
-    dest_dir = run_dir / ASSETS_DIR
-    dest_dir.mkdir(exist_ok=True)
-    dest = dest_dir / src.name
+    dest = run_dir / ASSETS_DIR / src.name
     if not (dest.is_file() and dest.stat().st_size == src.stat().st_size and dest.read_bytes() == src.read_bytes()):
-        fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{src.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(dest) as tmp:
             shutil.copyfile(src, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     return f"{ASSETS_DIR}/{src.name}"
 
 
@@ -395,5 +372,4 @@ def write_report(run_dir: str | Path) -> Path:
     viewer = find_model_viewer()
     viewer_src = copy_asset(viewer, run_dir) if viewer is not None and (run_dir / "mesh.glb").is_file() else None
     path = run_dir / REPORT_NAME
-    _atomic_write(path, render_report(run_dir, viewer_src).encode("utf-8"))
-    return path
+    return write_bytes(path, render_report(run_dir, viewer_src).encode("utf-8"))
