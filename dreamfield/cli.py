@@ -101,11 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 # commands: each turns its arguments into a config and calls one flow
 
 
-def cli_overrides(args) -> list[str]:
+def cli_overrides(args, steps_key: Optional[str] = "optim.steps") -> list[str]:
     """--set overrides plus the options that stand for config keys (--steps, --seed, --device, --model)."""
     overrides = list(args.overrides)
-    if getattr(args, "steps", None) is not None:
-        overrides.append(f"optim.steps={args.steps}")
+    if steps_key and getattr(args, "steps", None) is not None:
+        overrides.append(f"{steps_key}={args.steps}")
     if getattr(args, "seed", None) is not None:
         overrides.append(f"run.seed={args.seed}")
     if getattr(args, "device", None) is not None:
@@ -134,13 +134,10 @@ def cmd_export(args) -> int:
     from dreamfield.run import export_run, find_run, load_run_scene
 
     run, _ = find_run(args.run_dir)
-    cfg, scene, _ = load_run_scene(args.run_dir, args.device)
-    if args.threshold is not None:
-        cfg.export.threshold = args.threshold
-    if args.resolution is not None:
-        cfg.export.resolution = args.resolution
-    if args.frames is not None:
-        cfg.export.video_frames = args.frames
+    overrides = [f"export.{key}={value}" for key, value in
+                 (("threshold", args.threshold), ("resolution", args.resolution), ("video_frames", args.frames))
+                 if value is not None]
+    cfg, scene, _ = load_run_scene(args.run_dir, args.device, overrides)
     export_run(cfg, scene, run, formats=args.format, video=not args.no_video, strict=True)
     return 0
 
@@ -158,7 +155,7 @@ def cmd_sample(args) -> int:
     from dreamfield.sample import VIEWS, run_sample
 
     prompt = check_prompt(args.prompt)
-    cfg = load_config(args.config, cli_overrides(args))
+    cfg = load_config(args.config, cli_overrides(args, steps_key=None))
     views = [] if args.views.strip().lower() == "none" else [v.strip() for v in args.views.split(",") if v.strip()]
     for v in views:
         if v not in VIEWS:

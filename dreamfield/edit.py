@@ -199,6 +199,7 @@ def run_edit(
         run.write_json("source.json", info)
         save_checkpoint(run.dir / SOURCE_SCENE, {"step": 0, "scene": src.state_dict()})
     else:
+        run.open_for_resume()
         run.record_overrides(cfg)
     say(f"editing {source_prompt!r} -> {target_prompt!r} (dds) in {run.dir} on {device}")
     t0 = time.perf_counter()

@@ -51,6 +51,7 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
     if not resume:
         run.create(cfg, {"command": "generate", "prompt": prompt})
     else:
+        run.open_for_resume()
         run.record_overrides(cfg)
         say(f"resuming {run.dir} " + (f"from {run.last}" if run.last.exists() else "from step 0 (no checkpoint yet)"))
     say(f"generating {prompt!r} in {run.dir} on {device}")

@@ -30,7 +30,7 @@ from dreamfield.config import Config, load_config, to_yaml
 from dreamfield.device import resolve_device
 from dreamfield.errors import UsageError
 from dreamfield.export.video import image_grid
-from dreamfield.files import write_bytes, write_text
+from dreamfield.files import clean_tmp, write_bytes, write_text
 from dreamfield.scene.cameras import orbit_cameras
 from dreamfield.scene.scene import Scene, load_scene_state, make_scene
 
@@ -89,9 +89,22 @@ class RunFolder:
     def meta(self) -> dict:
         """prompt.json (what the run was made for); {} when missing."""
         path = self.dir / "prompt.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UsageError(f"{path}: not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise UsageError(f"{path}: not a JSON object")
+        return meta
 
     # -- during a run ------------------------------------------------------------------------------
+    def open_for_resume(self) -> None:
+        """Remove leftovers of writes that a kill interrupted (checkpoints, previews, the folder itself)."""
+        for folder in (self.dir, self.ckpt_dir, self.dir / "previews"):
+            clean_tmp(folder)
+
     def log(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -175,10 +188,12 @@ def find_run(path: str | Path) -> tuple[RunFolder, Path]:
     return run, ckpt
 
 
-def load_run_scene(path: str | Path, device_name: Optional[str] = None) -> tuple[Config, Scene, torch.device]:
-    """(cfg, scene, device) of a finished or stopped run folder (or checkpoint file), from its checkpoint."""
+def load_run_scene(path: str | Path, device_name: Optional[str] = None,
+                   overrides: Sequence[str] = ()) -> tuple[Config, Scene, torch.device]:
+    """(cfg, scene, device) of a finished or stopped run folder (or checkpoint file), from its checkpoint;
+    ``overrides`` (``key=value``) are applied to its config and validated like any other."""
     run, ckpt = find_run(path)
-    cfg = load_config([run.dir / "config.yaml"], [f"run.device={device_name}"] if device_name else [])
+    cfg = load_config([run.dir / "config.yaml"], [*([f"run.device={device_name}"] if device_name else []), *overrides])
     device = resolve_device(cfg.run.device)
     state = load_checkpoint(ckpt)
     scene = make_scene(cfg, device)
@@ -197,6 +212,7 @@ def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequ
     from dreamfield.export.video import contact_sheet, turntable
 
     t0 = time.perf_counter()
+    clean_tmp(run.dir)  # leftovers of an export that was killed mid-write
     try:
         mesh = extract_mesh(scene.field, cfg.export, cfg.field.bound, scene.device)
         paths = save_mesh(mesh, run.dir / "mesh", formats or cfg.export.formats)
