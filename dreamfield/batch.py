@@ -247,6 +247,13 @@ def _wait(proc: subprocess.Popen, grace: float) -> bool:
         return True
 
 
+def _ray_node_id() -> Optional[str]:
+    """The Ray node this task runs on (several nodes may share a host name), None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def run_one(spec: RunSpec) -> dict:
     """Run (or resume) one prompt in a subprocess; write its done marker when it succeeded.
 
@@ -254,7 +261,8 @@ def run_one(spec: RunSpec) -> dict:
     and on success the run's figures (see run_figures). Never raises for a failing run.
     """
     run_dir, log_path = Path(spec.run_dir), Path(spec.log_path)
-    row = {"prompt": spec.prompt, "slug": spec.slug, "status": "failed", "error": "", "node": socket.gethostname()}
+    row = {"prompt": spec.prompt, "slug": spec.slug, "status": "failed", "error": "", "node": socket.gethostname(),
+           "ray_node": _ray_node_id()}
     try:
         mode = prepare_run(run_dir, spec.prompt)
     except (RunFolderError, OSError) as exc:
@@ -361,7 +369,7 @@ def run_figures(run_dir: Path, prompt: str) -> dict:
 # ---------------------------------------------------------------------------------------------- summary and gallery
 
 SUMMARY_COLUMNS = ("prompt", "slug", "status", "error", "steps", "seconds", "optimize_seconds", "export_seconds",
-                   "wall_seconds", "node", "finished", "toy_shape", "toy_colour", "toy_shape_pred", "toy_colour_pred",
+                   "wall_seconds", "node", "ray_node", "finished", "toy_shape", "toy_colour", "toy_shape_pred", "toy_colour_pred",
                    "toy_iou", "toy_shape_ok", "toy_colour_ok", "toy_error")
 
 
@@ -403,7 +411,10 @@ def _card(out_dir: Path, r: dict) -> str:
     slug = r["slug"]
     run_dir = out_dir / slug
     thumb = thumbnail(run_dir)
-    href = quote(slug) + ("/report.html" if (run_dir / "report.html").is_file() else "/")
+    if (run_dir / "report.html").is_file():
+        href = f"{quote(slug)}/report.html"
+    else:  # a run that failed before it made its folder: its log
+        href = f"{quote(slug)}/" if run_dir.is_dir() else f"{quote(slug)}.log"
     if thumb is None:
         pic = '<div class="none"></div>'
     elif thumb.endswith(".mp4"):
@@ -530,16 +541,18 @@ def make_spec(entry: BatchEntry, out_dir: Path, opts: BatchOptions) -> RunSpec:
 def ray_session(address: Optional[str], num_cpus: int) -> Iterator[None]:
     """Ray for the batch: a session already open in this process (tests share one), else a local Ray with
     ``num_cpus`` CPUs, else the cluster at ``address``; a session opened here is closed at the end."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from an offline machine
     import ray
 
     if ray.is_initialized():
         yield
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network calls from an offline machine
     if address is not None:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        # "local": a new Ray on this machine even where `ray start` left one running
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
     try:
         yield
     finally:
