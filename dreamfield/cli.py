@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated view suffixes to sample, or 'none' for the bare prompt")
     s.add_argument("--out", default=None, help="folder for the PNG (default <run.out>/samples), named <slug>-<method>.png")
 
+    r = sub.add_parser("report", help="(re)build report.html of run folders: previews, curves, turntable, 3D view; offline")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN")
+
     d = sub.add_parser("demo", help="the README's first command: a red cube from the embedded prior, exported")
     d.add_argument("--out", default="outputs/demo-red-cube")
     d.add_argument("--device", default=None)
@@ -177,6 +180,14 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from dreamfield.export.report import write_report
+
+    for run_dir in args.run_dirs:
+        print(write_report(run_dir))
+    return 0
+
+
 def cmd_demo(args) -> int:
     argv = ["generate", "a red cube", "--out", args.out]
     if args.device:
@@ -188,7 +199,8 @@ def cmd_demo(args) -> int:
     return main(argv)
 
 
-COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "export": cmd_export, "sample": cmd_sample, "demo": cmd_demo}
+COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "export": cmd_export, "sample": cmd_sample, "report": cmd_report,
+            "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -209,5 +209,5 @@ def run_edit(
     before_after(cfg, src, edited, run.dir / "before_after.png", cfg.edit.before_after_views, cfg.export.video_resolution)
     if cfg.run.export and export:
         export_run(cfg, edited, run)
-    say(f"done: {run.dir} ({time.perf_counter() - t0:.1f} s)")
+    say(f"done: {run.dir} ({time.perf_counter() - t0:.1f} s; report: {run.write_report()})")
     return run

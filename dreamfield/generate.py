@@ -60,7 +60,7 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
     run.write_timing(time.perf_counter() - t0)
     if cfg.run.export and export:
         export_run(cfg, scene, run)
-    say(f"done: {run.dir}")
+    say(f"done: {run.dir} (report: {run.write_report()})")
     return scene
 
 

@@ -136,7 +136,15 @@ class RunFolder:
                              scene.device)
         out = scene.render(cams, resolution, resolution, cfg.render, "lambertian", occupancy)
         normals = (out.normal * 0.5 + 0.5) * out.opacity + (1 - out.opacity)
-        return save_image(image_grid(torch.cat([out.rgb, normals]), nrow=views), self.dir / "previews" / f"step_{step:06d}.png")
+        path = save_image(image_grid(torch.cat([out.rgb, normals]), nrow=views), self.dir / "previews" / f"step_{step:06d}.png")
+        self.write_report()
+        return path
+
+    def write_report(self) -> Path:
+        """report.html (:func:`dreamfield.export.report.write_report`), rebuilt at every preview and export."""
+        from dreamfield.export.report import write_report
+
+        return write_report(self.dir)
 
 
 def _leaves(cfg: Config) -> list[tuple[str, object]]:
@@ -228,3 +236,4 @@ def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequ
         contact_sheet(scene, cfg.render, run.dir / "views.png", 4, ex.video_resolution, ex.video_elevation,
                       cam.preview_distance, cam.preview_fov)
     run.write_timing(time.perf_counter() - t0, "export_seconds", accumulate=False)
+    run.write_report()

@@ -50,6 +50,13 @@ def test_generate_end_to_end(tiny_sd_path, tmp_path):
     assert main(["export", str(run), "--format", "obj", "--format", "ply", "--no-video",
                  "--resolution", "20"]) == 0
     assert (run / "mesh.obj").is_file() and (run / "mesh.ply").is_file()
+    assert main(["export", str(run), "--format", "glb", "ply", "--no-video", "--resolution", "20"]) == 0  # space-separated
+    # every run folder gets its report at the end; `dreamfield report` rebuilds it
+    report = run / "report.html"
+    assert report.is_file() and "a red cube" in report.read_text()
+    report.unlink()
+    assert main(["report", str(run)]) == 0 and report.is_file()
+    assert main(["report", str(tmp_path / "not-a-run")]) == 2
 
 
 def _scene_tensors(run: Path) -> dict:
