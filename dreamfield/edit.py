@@ -41,13 +41,12 @@ import torch
 
 from dreamfield.checkpoint import load_checkpoint, save_checkpoint
 from dreamfield.config import Config, load_config
-from dreamfield.device import resolve_device, set_threads
+from dreamfield.device import resolve_device
 from dreamfield.distill.objectives import DDS
 from dreamfield.errors import UsageError, check_prompt
-from dreamfield.generate import toy_prompt
+from dreamfield.generate import open_prior, toy_prompt
 from dreamfield.export.video import image_grid
 from dreamfield.optimize import optimize
-from dreamfield.prior import load_prior
 from dreamfield.run import RunFolder, check_same_layout, export_run, find_run, load_run_scene, save_image, say
 from dreamfield.scene.cameras import orbit_cameras
 from dreamfield.scene.mesh_import import MESH_SUFFIXES, fit_field_to_mesh, import_mesh, silhouette_agreement
@@ -189,9 +188,7 @@ def run_edit(
         cfg, src, info = load_source(kind, path, files_, overrides)
         run = RunFolder.new(out, target_prompt, cfg.run.out)
         edited = copy.deepcopy(src)  # the edit starts at the source; the source itself stays frozen
-    set_threads(cfg.run.threads)
-    device = edited.device
-    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    device, prior = open_prior(cfg)
     if cfg.prior.model is None:
         source_prompt, target_prompt = toy_prompt(source_prompt), toy_prompt(target_prompt)
     if not resume:

@@ -11,7 +11,9 @@ and the run is exported at the end (mesh, turntable, views) unless ``--no-export
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
+
+import torch
 
 from dreamfield.checkpoint import load_checkpoint
 from dreamfield.config import Config, load_config
@@ -20,6 +22,7 @@ from dreamfield.distill.objectives import make_objective
 from dreamfield.errors import UsageError, check_prompt
 from dreamfield.optimize import optimize
 from dreamfield.prior import load_prior
+from dreamfield.prior.interface import Prior
 from dreamfield.run import RunFolder, check_same_layout, export_run, say
 from dreamfield.toy.domain import COLOUR_NAMES, SHAPES, normalise_prompt, unknown_words
 from dreamfield.scene.scene import Scene
@@ -40,12 +43,36 @@ def resume_config(resume: str, files: Sequence[str], overrides: Sequence[str]) -
     return run, cfg, check_prompt(meta["prompt"])
 
 
+def packed_or_dense(cfg: Config, device: torch.device, probe: Callable[[torch.device], Optional[str]]) -> None:
+    """On CUDA with render.use_occupancy_grid, keep nerfacc's packed path only if ``probe(device)`` finds it
+    working (None); else one warning line and the dense path on the GPU (cfg records it). Runs before the
+    prior loads, so a broken extension costs seconds, not a model load."""
+    if device.type != "cuda" or not cfg.render.use_occupancy_grid:
+        return
+    try:
+        reason = probe(device)
+    except Exception as exc:  # the probe promises not to raise; a traceback must not reach the user regardless
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    if reason:
+        say(f"warning: nerfacc's CUDA path is unavailable ({reason}); rendering with the dense path on the GPU")
+        cfg.render.use_occupancy_grid = False
+
+
+def open_prior(cfg: Config) -> tuple[torch.device, Prior]:
+    """Threads, device, the render path (:func:`packed_or_dense`) and the prior of a run."""
+    from dreamfield.scene.nerfacc_cuda import probe_packed
+
+    set_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    packed_or_dense(cfg, device, probe_packed)
+    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    return device, prior
+
+
 def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False, export: bool = True,
                  progress: bool = True) -> Scene:
     """Optimise a scene for ``prompt`` into ``run`` (created here unless resuming), then export it."""
-    set_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
-    prior = load_prior(cfg.prior.model, device, cfg.prior.dtype, cfg.prior.local_files_only, cfg.prior.channels_last)
+    device, prior = open_prior(cfg)
     if cfg.prior.model is None:
         prompt = toy_prompt(prompt)
     if not resume:
