@@ -193,3 +193,27 @@ def test_exact_normals_parameter_gradcheck():
     field.forward = field.raw_gradient  # functional_call calls the module: make that d raw / d x
     params = [field.get_parameter(n).detach().clone().requires_grad_(True) for n in names]
     assert torch.autograd.gradcheck(raw_gradient_with, params)
+
+
+def test_checkpointed_finite_differences_match_the_generic_stencil(monkeypatch):
+    """HashGridField.raw_gradient_fd recomputes the stencil in its backward; values and parameter
+    gradients are DensityField.raw_gradient_fd's (chunks of 10 stencil points, the last one short)."""
+    field = small_field()
+    monkeypatch.setattr(HashGridField, "FD_CHUNK", 10)
+    x = interior_points(31, seed=10) * 0.9
+    light = torch.randn(31, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+
+    def run(raw_gradient_fd):
+        field.zero_grad(set_to_none=True)
+        g = raw_gradient_fd(x)
+        (g * light).sum().backward()
+        return [g.detach()] + [p.grad for p in field.parameters()]
+
+    lean = run(field.raw_gradient_fd)
+    generic = run(lambda p: DensityField.raw_gradient_fd(field, p))
+    assert lean[0].abs().max() > 0.1
+    for a, b in zip(lean, generic):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(field.raw_gradient_fd(x), lean[0], rtol=1e-12, atol=1e-12)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dreamfield.config import FieldConfig, OptimConfig
 from dreamfield.scene.encoding import HashEncoding, sample_grid
@@ -299,6 +300,25 @@ class HashGridField(DensityField):
 
     def _raw_density(self, x: Tensor) -> Tensor:
         return self._raw_all(x)[0]
+
+    # Stencil points per recomputed chunk in raw_gradient_fd's backward (bounds its temporaries).
+    FD_CHUNK = 1 << 16
+
+    def raw_gradient_fd(self, x: Tensor) -> Tensor:
+        """DensityField's central differences (step fd_eps, six density lookups): x (N, 3) -> (N, 3),
+        but with the six lookups' MLP activations recomputed in the backward, FD_CHUNK stencil points
+        at a time, instead of kept (gradient checkpointing, Chen et al. 2016, "Training Deep Nets with
+        Sublinear Memory Cost"): kept, they are most of a training step's memory. One more forward of
+        the stencil in the backward buys that; the values and gradients are DensityField's."""
+        if not torch.is_grad_enabled():
+            return super().raw_gradient_fd(x)
+        eps = self.cfg.fd_eps
+        offsets = eps * torch.eye(3, dtype=x.dtype, device=x.device)  # (3, 3)
+        pts = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0).reshape(-1, 3)  # (6 N, 3)
+        # preserve_rng_state=False: the field draws no random numbers
+        raw = [checkpoint(self._raw_density, c, use_reentrant=False, preserve_rng_state=False) for c in pts.split(self.FD_CHUNK)]
+        raw = torch.cat(raw).reshape(6, -1)  # (6, N)
+        return ((raw[:3] - raw[3:]) / (2.0 * eps)).t()
 
     def raw_gradient(self, x: Tensor) -> Tensor:
         """The exact d raw / d x at x (N, 3) -> (N, 3) (field.normals="autograd"), by the chain rule
