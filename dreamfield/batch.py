@@ -283,9 +283,9 @@ def run_one(spec: RunSpec) -> dict:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "ab") as log:
-        offset = log.tell()
         log.write(f"# dreamfield batch {time.strftime('%Y-%m-%d %H:%M:%S')} on {row['node']}: {mode}\n".encode())
         log.flush()
+        offset = log.tell()  # this attempt's output starts here
         proc = subprocess.Popen(
             [sys.executable, "-c", _UNBLOCK_AND_EXEC, *cmd, *argv], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=env, cwd=spec.cwd if os.path.isdir(spec.cwd) else None,

@@ -9,7 +9,7 @@ and a JSON of the figures, overall and for held-out and trained pairs separately
 3D: scores exported meshes with ``toy.measures.score_mesh`` (shape by best volumetric IoU over
 z-rotations, colour of the visible surface). Give run folders (each with a ``mesh.glb``), or
 ``--generate`` to run ``dreamfield generate PROMPT --out DIR`` for 12 prompts (the 6 held-out pairs
-and 6 trained ones) first.
+and 6 trained ones) first, through ``dreamfield batch`` (Ray tasks; a rerun skips finished runs).
 
 Examples:
     python scripts/eval_toy.py 2d --n 4 --out outputs/eval_toy            # the embedded prior
@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,35 +236,24 @@ def print_table(result: dict) -> None:
 
 
 def generate(a: argparse.Namespace, extra: list[str]) -> tuple[list[Path], dict]:
-    """Run ``dreamfield generate`` for the 12 evaluation prompts, ``a.jobs`` at a time; returns run folders and
-    wall times (each run's own, from its start to its end, export included).
+    """Run ``dreamfield generate`` for the 12 evaluation prompts through ``dreamfield batch`` (one Ray task each,
+    ``a.jobs`` at a time, into ``a.gen_root/<prompt with dashes>/``); returns run folders and wall times (each
+    run's own, from its start to its end, export included). Finished runs are kept (a rerun skips them and
+    resumes interrupted ones); a failed run is reported and the others go on.
 
     With ``--jobs N > 1`` every run gets one thread (``OMP_NUM_THREADS=1``, ``--set run.threads=1``): on the
     2-core CPU, two runs side by side with a thread each is how the README's per-object times were measured.
     """
+    from dreamfield.batch import BatchEntry, BatchOptions, run_batch
+
     root = Path(a.gen_root)
-    root.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    threads: list[str] = []
-    if a.jobs > 1:
-        env["OMP_NUM_THREADS"] = "1"
-        threads = ["--set", "run.threads=1"]
-
-    def one(prompt: str) -> tuple[Path, float, int]:
-        out = root / prompt.replace(" ", "-")
-        cmd = [a.dreamfield, "generate", prompt, "--out", str(out), *extra, *threads]
-        print("+", " ".join(cmd), flush=True)
-        t0 = time.perf_counter()
-        with open(root / f"{out.name}.log", "w") as log:
-            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        wall = round(time.perf_counter() - t0, 1)
-        print(f"{'done' if code == 0 else f'FAILED (exit {code}, see {out.name}.log)'}: {prompt!r} in {wall} s", flush=True)
-        return out, wall, code
-
     prompts = [caption(c, s) for c, s in EVAL_3D]
-    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        done = list(pool.map(one, prompts))
-    return [out for out, _, _ in done], {str(out): wall for out, wall, _ in done}
+    entries = [BatchEntry(p, slug=p.replace(" ", "-")) for p in prompts]
+    opts = BatchOptions(extra_args=tuple(extra), jobs=max(1, a.jobs), threads_per_run=1 if a.jobs > 1 else None,
+                        command=(a.dreamfield,) if a.dreamfield else None)
+    result = run_batch(entries, root, opts)
+    runs = [root / e.slug for e in entries]
+    return runs, {str(root / r["slug"]): r.get("wall_seconds") for r in result.rows}
 
 
 def eval_3d(a: argparse.Namespace, extra: list[str]) -> dict:
@@ -308,7 +294,8 @@ def main(argv=None) -> int:
     p3.add_argument("runs", nargs="*", help="run folders holding mesh.glb, or mesh files")
     p3.add_argument("--generate", action="store_true", help="first run `dreamfield generate` for the 12 prompts")
     p3.add_argument("--gen-root", default="outputs/eval3d")
-    p3.add_argument("--dreamfield", default="dreamfield", help="the command to call")
+    p3.add_argument("--dreamfield", default=None,
+                    help="the dreamfield command to call (default: python -m dreamfield of this interpreter)")
     p3.add_argument("--jobs", type=int, default=1, help="with --generate: runs at once (> 1: one thread each)")
     p3.add_argument("--json", default=None, help="write the table as JSON here")
     a = p.parse_args(argv)

@@ -1,13 +1,17 @@
-"""scripts/eval_toy.py 3d --generate: the 12 prompts, passed arguments, and --jobs running runs side by side."""
+"""scripts/eval_toy.py 3d --generate: the 12 prompts, passed arguments, and --jobs running runs side by side
+(through dreamfield batch, with a stand-in dreamfield)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
 import stat
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "eval_toy.py"
 
@@ -17,6 +21,17 @@ def _load():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    """One in-process Ray for the module (dreamfield.batch reuses an open session)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
 
 
 FAKE = """#!{python}
@@ -53,6 +68,9 @@ def test_generate_runs_every_prompt_jobs_at_a_time_with_one_thread_each(tmp_path
     assert peak == 2
     # a failed run (the fake fails the tori) is reported, and the others still ran
     assert (tmp_path / "runs" / "a-red-torus.log").is_file() and all((r / "fake.json").is_file() for r in runs)
+    assert [(r / "done.json").is_file() for r in runs] == ["torus" not in r.name for r in runs]
+    summary = {x["slug"]: x for x in json.loads((tmp_path / "runs" / "summary.json").read_text())["runs"]}
+    assert summary["a-red-torus"]["status"] == "failed" and summary["a-red-torus"]["error"] == "exit status 3"
 
 
 def test_generate_one_job_keeps_the_callers_threads(tmp_path):
