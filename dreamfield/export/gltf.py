@@ -205,15 +205,17 @@ def glb_colour_is_linear(path: str | Path) -> bool:
     return "trimesh" not in generator
 
 
-def load_gltf_mesh(path: str | Path):
+def load_gltf_mesh(path: str | Path, scene=None):
     """A glTF/GLB file as one trimesh.Trimesh in the file's frame (node transforms applied), with COLOR_0
     as sRGB 8-bit vertex colours (:func:`gltf_vertex_colours`) or the texture kept.
 
     trimesh's ``force="mesh"`` and ``Scene.dump`` drop the COLOR_0 that trimesh files beside a material,
-    so the geometries are walked here. Several geometries are concatenated."""
+    so the geometries are walked here. Several geometries are concatenated. `scene`: what
+    ``trimesh.load(path, process=False)`` returned, if the caller has it already."""
     import trimesh
 
-    scene = trimesh.load(str(path), process=False)
+    if scene is None:
+        scene = trimesh.load(str(path), process=False)
     if isinstance(scene, trimesh.Trimesh):
         parts = [scene]
     elif isinstance(scene, trimesh.Scene):

@@ -354,7 +354,7 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
     mesh = extract_mesh(field, cfg, bound, device)
     seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()
     textured = None
-    if cfg.colour == "texture":
+    if cfg.colour == "texture" and ("glb" in formats or "obj" in formats):  # PLY carries vertex colours only
         textured = texture_mesh(field, mesh, np.asarray(mesh.vertices) @ WORLD_TO_GLTF, cfg.texture_size, cfg.chunk, device)
     seconds["texture"], t = time.perf_counter() - t, time.perf_counter()
     paths = save_mesh(mesh, out_stem, formats, textured)
@@ -370,7 +370,7 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
         "faces": int(len(mesh.faces)),
         "vertices": int(len((textured if textured is not None else mesh).vertices)),
         "level": float(mesh.metadata["level"]),
-        "colour": cfg.colour,
+        "colour": "texture" if textured is not None else "vertex",
         "texture_size": cfg.texture_size if textured is not None else None,
         "mesh_vs_field": figures,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},

@@ -36,6 +36,7 @@ from dreamfield.scene.render import render
 
 Tensor = torch.Tensor
 NEAR = 1e-3  # triangles with a vertex closer than this to the camera plane are dropped (none in an orbit)
+_SRGB8_TO_LINEAR = srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)  # lookup table for 8-bit images
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def sample_texture(image: np.ndarray, uv: np.ndarray | Tensor) -> Tensor:
 
     Texel (r, c) has its centre at u = (c + 0.5) / W, v = 1 - (r + 0.5) / H."""
     uv = torch.as_tensor(uv, dtype=torch.float32)
-    tex = torch.from_numpy(srgb_to_linear(np.asarray(image)[..., :3] / 255.0)).float()
+    tex = torch.from_numpy(_SRGB8_TO_LINEAR[np.asarray(image, dtype=np.uint8)[..., :3]])
     tex = tex.permute(2, 0, 1)[None]  # (1, 3, H, W)
     grid = torch.stack([2.0 * uv[:, 0] - 1.0, 1.0 - 2.0 * uv[:, 1]], -1)[None, :, None]  # (1, N, 1, 2)
     out = torch.nn.functional.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -261,6 +262,8 @@ def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: 
             composited albedo divided by its opacity (its mean colour along the ray) against the
             mesh's colour; edges and silhouette do not enter;
         views, resolution.
+    Figures are rounded to 4 decimals; a PSNR is None where it is infinite (identical pixels) or
+    undefined (no pixel to compare), so the dict is plain JSON.
     """
     device = next((t.device for t in list(field.parameters()) + list(field.buffers())), torch.device("cpu"))
     white = ConstantBackground((1.0, 1.0, 1.0)).to(device)
@@ -271,12 +274,15 @@ def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: 
     field_mask, mesh_mask = opacity > 0.5, got.mask > 0.5
     inter, union = (field_mask & mesh_mask), (field_mask | mesh_mask)
     per_view = inter.flatten(1).sum(1).double() / union.flatten(1).sum(1).clamp(min=1).double()
+    def figure(x: float):
+        return round(x, 4) if np.isfinite(x) else None
+
     return {
-        "silhouette_iou": float(inter.sum()) / max(float(union.sum()), 1.0),
-        "silhouette_iou_min": float(per_view.min()),
-        "psnr_db": psnr(field_rgb, got.rgb, torch.ones_like(got.mask)),
-        "psnr_union_db": psnr(field_rgb, got.rgb, union),
-        "psnr_colour_db": psnr(field_colour, got.rgb, field_mask & (got.mask > 1.0 - 1e-6)),
+        "silhouette_iou": figure(float(inter.sum()) / max(float(union.sum()), 1.0)),
+        "silhouette_iou_min": figure(float(per_view.min())),
+        "psnr_db": figure(psnr(field_rgb, got.rgb, torch.ones_like(got.mask))),
+        "psnr_union_db": figure(psnr(field_rgb, got.rgb, union)),
+        "psnr_colour_db": figure(psnr(field_colour, got.rgb, field_mask & (got.mask > 1.0 - 1e-6))),
         "views": len(cams),
         "resolution": resolution,
     }
