@@ -187,9 +187,10 @@ class ExportConfig:
     # "vertex": per-vertex colours (linear COLOR_0 in GLB). PLY always has sRGB vertex colours.
     colour: str = "texture"
     texture_size: int = 1024  # texture side in texels
-    # mesh vs field at every export: views on the video orbit rendered both ways (0 = skip), and their size
-    compare_views: int = 8
-    compare_resolution: int = 128
+    # mesh vs field at every export: views on the video orbit rendered both ways (0 = skip), and their size;
+    # the field's volume render is most of the cost
+    compare_views: int = 6
+    compare_resolution: int = 96
     video_frames: int = 60
     video_fps: int = 20
     video_resolution: int = 128
