@@ -1,4 +1,4 @@
-"""Mesh files: GLB (glTF 2.0 binary) and OBJ + MTL + PNG writers, sRGB <-> linear, atomic writes.
+"""Mesh files: GLB (glTF 2.0 binary) and OBJ + MTL + PNG contents, sRGB <-> linear, reading our GLBs back.
 
 Colour spaces. In memory a mesh carries sRGB colours (8-bit vertex colours, an 8-bit sRGB texture),
 as trimesh, PLY and OBJ use them. glTF differs: its COLOR_0 is *linear* (glTF 2.0 spec, 3.7.2.1,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Optional
@@ -51,19 +50,6 @@ def linear_to_srgb(c: np.ndarray) -> np.ndarray:
     12.92 c for c <= 0.0031308, else 1.055 c ** (1 / 2.4) - 0.055. Any shape, float64."""
     c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
     return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1.0 / 2.4) - 0.055)
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to a temporary file in the same folder, then os.replace it onto `path`, so a
-    reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def png_bytes(image: np.ndarray) -> bytes:

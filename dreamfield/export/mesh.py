@@ -51,7 +51,8 @@ import trimesh
 from skimage import measure
 
 from dreamfield.config import CameraConfig, ExportConfig, RenderConfig
-from dreamfield.export.gltf import WORLD_TO_GLTF, glb_bytes, obj_files, png_bytes, write_atomic
+from dreamfield.export.gltf import WORLD_TO_GLTF, glb_bytes, obj_files, png_bytes
+from dreamfield.files import write_bytes, write_text
 
 DEFAULT_LEVEL = 5.0  # density units; see the module docstring
 FORMATS = ("glb", "obj", "ply")
@@ -302,32 +303,37 @@ def save_mesh(mesh: trimesh.Trimesh, out_stem: str | Path, formats: Sequence[str
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         if fmt == "ply":
-            paths.append(write_atomic(path, mesh.export(file_type="ply")))
+            paths.append(write_bytes(path, mesh.export(file_type="ply")))
         elif textured is not None:
             uv = np.asarray(textured.visual.uv, dtype=np.float64)
             png = png_bytes(np.asarray(textured.visual.material.baseColorTexture.convert("RGB")))
             verts, normals, faces = np.asarray(textured.vertices), _unit_normals(textured), np.asarray(textured.faces)
             if fmt == "glb":
-                paths.append(write_atomic(path, glb_bytes(verts, normals, faces, uv=uv, texture_png=png)))
+                paths.append(write_bytes(path, glb_bytes(verts, normals, faces, uv=uv, texture_png=png)))
             else:
                 png_path, mtl_path = stem.with_name(f"{stem.name}_albedo.png"), stem.with_name(f"{stem.name}.mtl")
                 obj, mtl = obj_files(verts, normals, faces, uv, png_path.name, mtl_path.name)
-                paths += [write_atomic(png_path, png), write_atomic(mtl_path, mtl), write_atomic(path, obj)]
-                paths[-3:] = [paths[-1], paths[-2], paths[-3]]  # the obj first
+                # texture and material first, so a complete OBJ never points at missing files
+                write_bytes(png_path, png)
+                write_text(mtl_path, mtl)
+                paths += [write_text(path, obj), mtl_path, png_path]
         elif fmt == "glb":
             colours = np.asarray(mesh.visual.vertex_colors)
-            paths.append(write_atomic(path, glb_bytes(np.asarray(mesh.vertices), _unit_normals(mesh),
-                                                      np.asarray(mesh.faces), colours=colours)))
+            paths.append(write_bytes(path, glb_bytes(np.asarray(mesh.vertices), _unit_normals(mesh),
+                                                     np.asarray(mesh.faces), colours=colours)))
         else:
-            paths.append(write_atomic(path, trimesh.exchange.obj.export_obj(mesh, include_normals=False,
-                                                                              include_color=True)))
+            paths.append(write_text(path, trimesh.exchange.obj.export_obj(mesh, include_normals=False,
+                                                                            include_color=True)))
     return paths
 
 
 def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, formats: Optional[Sequence[str]] = None,
                  device=None, render_cfg: Optional[RenderConfig] = None,
-                 camera_cfg: Optional[CameraConfig] = None) -> dict:
+                 camera_cfg: Optional[CameraConfig] = None, mesh: Optional[trimesh.Trimesh] = None) -> dict:
     """The whole mesh export of a field: extract, texture (cfg.colour), write, compare with the field.
+
+    mesh: the surface when the caller extracted it already (e.g. an SDF's zero level set, glTF frame,
+    as :func:`extract_mesh` returns it); None = :func:`extract_mesh`.
 
     The comparison (raster.mesh_vs_field) renders cfg.compare_views views on an orbit at
     cfg.video_elevation, camera_cfg.preview_distance and camera_cfg.preview_fov, at
@@ -351,7 +357,8 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
     formats = list(formats if formats is not None else cfg.formats)
     seconds = {}
     t0 = t = time.perf_counter()
-    mesh = extract_mesh(field, cfg, bound, device)
+    if mesh is None:
+        mesh = extract_mesh(field, cfg, bound, device)
     seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()
     textured = None
     if cfg.colour == "texture" and ("glb" in formats or "obj" in formats):  # PLY carries vertex colours only
@@ -369,7 +376,7 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
         "paths": [str(p) for p in paths],
         "faces": int(len(mesh.faces)),
         "vertices": int(len((textured if textured is not None else mesh).vertices)),
-        "level": float(mesh.metadata["level"]),
+        "level": None if mesh.metadata.get("level") is None else float(mesh.metadata["level"]),
         "colour": "texture" if textured is not None else "vertex",
         "texture_size": cfg.texture_size if textured is not None else None,
         "mesh_vs_field": figures,
