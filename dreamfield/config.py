@@ -170,6 +170,34 @@ class RunConfig:
 
 
 @dataclass
+class SurfaceConfig:
+    """The surface stage after the coarse density stage (dreamfield.surface): a signed-distance voxel grid
+    started from the coarse field's level set and refined with the same distillation (VolSDF density)."""
+
+    enabled: bool = True  # false: one density stage, as before (configs/one_stage.yaml)
+    # Adam steps of the surface stage, after optim.steps of the coarse stage; None = optim.steps // 2 (so --steps
+    # scales both stages)
+    steps: Optional[int] = None
+    resolution: int = 64  # SDF and albedo voxels per side
+    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface
+    init_level: float = 2.6
+    init_blur: float = 0.06
+    lr_sdf: float = 0.002  # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1))
+    lr_color: float = 0.02  # albedo logits
+    lr_beta: float = 0.01  # log of (beta - beta_min)
+    beta_init: float = 0.02  # VolSDF's beta: the surface's transition thickness, world units
+    beta_min: float = 0.005  # beta never falls below this (the renderer samples every ~0.03 units)
+    eikonal: float = 0.1  # weight of the eikonal term mean (|grad d| - 1)^2 over the lattice
+    # the stage's timesteps: t_max anneals from t_max to t_max_end over its steps (low t refines, high t reshapes)
+    t_max: float = 0.5
+    t_max_end: float = 0.2
+    # the stage's shading probabilities (render.p_* of the coarse stage are not used here)
+    p_albedo: float = 0.2
+    p_lambertian: float = 0.6
+    p_textureless: float = 0.2
+
+
+@dataclass
 class ExportConfig:
     resolution: int = 0  # marching-cubes grid per side; 0 = 256 on CUDA, 128 on CPU
     # density level and a Gaussian blur (sigma, world units) of the density grid before marching cubes.
@@ -229,6 +257,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    surface: SurfaceConfig = dataclasses.field(default_factory=SurfaceConfig)
     edit: EditConfig = dataclasses.field(default_factory=EditConfig)
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
 
@@ -449,7 +478,31 @@ def validate(cfg: Config) -> None:
     at_least(1, "export.video_frames", "export.video_fps", "export.video_resolution", "export.chunk",
              "edit.anchor_points", "edit.before_after_views", "sample.steps", "sample.n")
     at_least(0, "edit.import_radius", strict=True)
+    _validate_surface(cfg)
 
+
+def _validate_surface(cfg: Config) -> None:
+    """validate()'s checks of the surface section."""
+    sf, g = cfg.surface, cfg.guidance
+
+    def need(ok: bool, key: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: must be {rule}, got {value}")
+
+    need(sf.steps is None or sf.steps >= 1, "surface.steps", ">= 1 or null (optim.steps // 2)", sf.steps)
+    need(sf.resolution >= 4, "surface.resolution", ">= 4", sf.resolution)
+    for key in ("surface.init_level", "surface.beta_min"):
+        need(_get(cfg, key) > 0, key, "> 0", _get(cfg, key))
+    for key in ("surface.init_blur", "surface.eikonal", "surface.p_albedo", "surface.p_lambertian",
+                "surface.p_textureless"):
+        need(_get(cfg, key) >= 0, key, ">= 0", _get(cfg, key))
+    for key in ("surface.lr_sdf", "surface.lr_color", "surface.lr_beta"):
+        need(0 < _get(cfg, key) <= 10, key, "in (0, 10]", _get(cfg, key))
+    need(sf.beta_init > sf.beta_min, "surface.beta_init", f"> surface.beta_min ({sf.beta_min})", sf.beta_init)
+    need(g.t_min <= sf.t_max_end <= sf.t_max <= 1.0, "surface.t_max/t_max_end",
+         f"guidance.t_min ({g.t_min}) <= t_max_end <= t_max <= 1", (sf.t_max, sf.t_max_end))
+    need(sf.p_albedo + sf.p_lambertian + sf.p_textureless > 0, "surface.p_*", "not all zero",
+         (sf.p_albedo, sf.p_lambertian, sf.p_textureless))
 
 def _get(cfg: Config, dotted: str) -> Any:
     node: Any = cfg

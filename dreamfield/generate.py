@@ -4,8 +4,8 @@
     dreamfield generate --resume RUN               continue exactly where RUN stopped
 
 The objective is chosen once from ``guidance.space`` (:func:`dreamfield.distill.objectives.make_objective`);
-the loop (:func:`dreamfield.optimize.optimize`) writes the run folder through :class:`dreamfield.run.RunFolder`,
-and the run is exported at the end (mesh, turntable, views) unless ``--no-export`` or ``run.export=false``.
+the loop (:func:`dreamfield.optimize.optimize`) writes the run folder through :class:`dreamfield.run.RunFolder`;
+with ``surface.enabled`` a surface stage follows the coarse one (:mod:`dreamfield.surface`), and the run is exported at the end (mesh, turntable, views) unless ``--no-export`` or ``run.export=false``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dreamfield.optimize import optimize
 from dreamfield.prior import load_prior
 from dreamfield.prior.interface import Prior
 from dreamfield.run import RunFolder, check_same_layout, export_run, say
+from dreamfield.surface import SURFACE_DIR, EikonalObjective, hand_over, make_surface_scene, stage_config
 from dreamfield.toy.domain import COLOUR_NAMES, SHAPES, normalise_prompt, unknown_words
 from dreamfield.scene.scene import Scene
 
@@ -83,12 +84,47 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
         say(f"resuming {run.dir} " + (f"from {run.last}" if run.last.exists() else "from step 0 (no checkpoint yet)"))
     say(f"generating {prompt!r} in {run.dir} on {device}")
     t0 = time.perf_counter()
-    scene = optimize(cfg, run, make_objective(cfg, prior, prompt), device, resume=resume, progress=progress)
+    # the coarse density stage, then (surface.enabled) the surface stage; a run resumed inside the surface
+    # stage skips the coarse one (its checkpoint is final)
+    in_surface = cfg.surface.enabled and resume and surface_folder(run).last.exists()
+    scene = None if in_surface else optimize(cfg, run, make_objective(cfg, prior, prompt), device, resume=resume,
+                                             progress=progress)
+    if cfg.surface.enabled:
+        scene = run_surface_stage(cfg, run, prior, prompt, scene, device, resume=resume, progress=progress)
     run.write_timing(time.perf_counter() - t0)
     if cfg.run.export and export:
-        export_run(cfg, scene, run)
+        (export_surface_run if cfg.surface.enabled else export_run)(cfg, scene, run)
     say(f"done: {run.dir} (report: {run.write_report()})")
     return scene
+
+
+# -- the surface stage (dreamfield.surface): its folder, its loop, its export -------------------------------
+def surface_folder(run: RunFolder) -> RunFolder:
+    """The surface stage's own run folder inside the run: checkpoints, metrics, previews, the stage's config."""
+    return RunFolder(run.dir / SURFACE_DIR)
+
+
+def run_surface_stage(cfg: Config, run: RunFolder, prior, prompt: str, coarse: Optional[Scene],
+                      device, resume: bool = False, progress: bool = True) -> Scene:
+    """The surface stage in ``run/surface``: resumed from its checkpoint when there is one, else handed over
+    from ``coarse`` (needed then). Returns the refined surface scene."""
+    folder = surface_folder(run)
+    stage = stage_config(cfg)
+    resume_here = resume and folder.last.exists()
+    if resume_here:
+        folder.open_for_resume()
+        scene = make_surface_scene(cfg, device)  # the checkpoint overwrites it
+        say(f"resuming the surface stage from {folder.last}")
+    else:
+        if coarse is None:
+            raise RuntimeError("the surface stage needs the coarse scene to start from")
+        folder.create(stage, {"command": "generate", "prompt": prompt, "stage": "surface"})  # what the stage runs under
+        folder.truncate_metrics(0)
+        t0 = time.perf_counter()
+        scene = hand_over(cfg, coarse, device, say)
+        say(f"surface stage: {cfg.surface.resolution}^3 SDF from the coarse level set in {time.perf_counter() - t0:.1f} s")
+    objective = EikonalObjective(make_objective(stage, prior, prompt), scene.field, cfg.surface.eikonal)
+    return optimize(stage, folder, objective, device, scene=scene, resume=resume_here, progress=progress)
 
 
 def toy_prompt(prompt: str) -> str:
@@ -100,3 +136,29 @@ def toy_prompt(prompt: str) -> str:
             f"'a {{colour}} {{shape}}' with colours {', '.join(COLOUR_NAMES)} and shapes {', '.join(SHAPES)}; "
             "for other prompts load a full model with --model PATH")
     return norm
+
+
+def export_surface_run(cfg: Config, scene: Scene, run: RunFolder, video: bool = True) -> None:
+    """:func:`dreamfield.run.export_run` for a surface scene: the mesh is the SDF's zero level set
+    (:func:`dreamfield.export.sdf_mesh.extract_sdf_mesh`), the videos and views render the SDF field."""
+    from dreamfield.export.mesh import EmptyMeshError, save_mesh
+    from dreamfield.export.sdf_mesh import extract_sdf_mesh
+    from dreamfield.export.video import contact_sheet, turntable
+    from dreamfield.files import clean_tmp  # the lead may fold this into run.export_run (a field-kind switch)
+
+    t0 = time.perf_counter()
+    clean_tmp(run.dir)
+    try:
+        mesh = extract_sdf_mesh(scene.field, cfg.export, cfg.field.bound, scene.device)
+        paths = save_mesh(mesh, run.dir / "mesh", cfg.export.formats)
+        say(f"mesh {', '.join(str(p) for p in paths)} ({len(mesh.faces)} faces, SDF zero level set)")
+    except EmptyMeshError as exc:
+        say(f"warning: no mesh exported: {exc}")
+    if video:
+        ex, cam = cfg.export, cfg.camera
+        turntable(scene, cfg.render, run.dir / "turntable.mp4", ex.video_frames, ex.video_fps, ex.video_resolution,
+                  ex.video_elevation, cam.preview_distance, cam.preview_fov, normals=ex.video_normals, gif=ex.gif)
+        contact_sheet(scene, cfg.render, run.dir / "views.png", 4, ex.video_resolution, ex.video_elevation,
+                      cam.preview_distance, cam.preview_fov)
+    run.write_timing(time.perf_counter() - t0, "export_seconds", accumulate=False)
+    run.write_report()

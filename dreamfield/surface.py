@@ -1,0 +1,132 @@
+"""The surface stage of ``generate``: after the coarse density stage, a signed-distance grid refined with the
+same distillation (see :mod:`dreamfield.scene.sdf`).
+
+    coarse stage   optim.steps on the density field           <run>/checkpoints, metrics.jsonl, previews
+      -> hand-over  sdf = distance transform of the coarse level set {blur(sigma) = surface.init_level},
+                    albedo copied from the coarse field at every voxel
+    surface stage  surface.steps on the SDF field              <run>/surface/checkpoints, metrics.jsonl, previews, config.yaml (the stage's)
+      -> export     marching cubes at d = 0 (dreamfield.export.sdf_mesh): the rendered surface itself
+
+Each stage checkpoints into its own folder, so ``--resume`` continues inside either one: a run whose
+surface folder holds a checkpoint resumes there, otherwise the coarse stage resumes (a finished one
+runs no step) and the hand-over, which is deterministic, starts the surface stage again.
+
+The loop is :func:`dreamfield.optimize.optimize` unchanged: the stage runs it under :func:`stage_config`
+(its steps, timesteps, shading, no azimuth widening, no density TV) on a scene whose field is an
+:class:`~dreamfield.scene.sdf.SdfGridField`, and the eikonal term rides on the objective's ``extra``
+terms (:class:`EikonalObjective`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dreamfield.config import Config
+from dreamfield.distill.objectives import Term, View
+from dreamfield.scene.background import make_background
+from dreamfield.scene.scene import Scene
+from dreamfield.scene.sdf import SdfGridField, sdf_from_occupancy
+
+SURFACE_DIR = "surface"  # the stage's folder inside the run folder (a run folder of its own)
+
+
+def _stderr(msg: str) -> None:
+    print(f"dreamfield: {msg}", file=sys.stderr)
+
+
+def stage_steps(cfg: Config) -> int:
+    """The surface stage's steps: surface.steps, or half the coarse stage's when that is None."""
+    return cfg.surface.steps if cfg.surface.steps is not None else max(1, cfg.optim.steps // 2)
+
+
+def stage_config(cfg: Config) -> Config:
+    """The config the loop runs the surface stage under: :func:`stage_steps` steps, t_max annealed from
+    surface.t_max to surface.t_max_end over them, surface.p_* shading, every azimuth from the first step,
+    no density TV (the SDF has the eikonal term instead)."""
+    s = cfg.surface
+    return dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(cfg.optim, steps=stage_steps(cfg)),
+        guidance=dataclasses.replace(cfg.guidance, t_max=s.t_max, t_max_end=s.t_max_end, anneal_steps=0),
+        render=dataclasses.replace(cfg.render, p_albedo=s.p_albedo, p_lambertian=s.p_lambertian,
+                                   p_textureless=s.p_textureless),
+        camera=dataclasses.replace(cfg.camera, azimuth_widen_steps=0),
+        loss=dataclasses.replace(cfg.loss, tv=0.0),
+    )
+
+
+def make_surface_scene(cfg: Config, device: torch.device | str) -> Scene:
+    """A fresh surface scene (a sphere SDF, grey albedo; a checkpoint or :func:`hand_over` fills it)."""
+    field = SdfGridField(cfg.surface, cfg.field.bound, cfg.field.bounding_radius)
+    return Scene(field.to(device), make_background(cfg.render).to(device), cfg.field.bound, cfg.field.bounding_radius)
+
+
+@torch.no_grad()
+def lattice_values(field, resolution: int, bound: float, device, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse field's density (R, R, R) and albedo (3, R, R, R) at the SDF lattice, layout (z, y, x)."""
+    axis = torch.linspace(-bound, bound, resolution)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    pts = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    sigma, albedo = [], []
+    for c in pts.split(chunk):
+        s, a = field(c.to(device))
+        sigma.append(s.float().cpu())
+        albedo.append(a.float().cpu())
+    r = resolution
+    return torch.cat(sigma).reshape(r, r, r), torch.cat(albedo).t().reshape(3, r, r, r)
+
+
+def hand_over(cfg: Config, coarse: Scene, device: torch.device | str, say: Callable[[str], None] = _stderr) -> Scene:
+    """The surface scene started from the coarse one: sdf from its blurred density's level set
+    surface.init_level (the one-stage export's surface), albedo logits from its albedo, its background.
+    A coarse field without that level set is handed over at its mid-range level, or as a sphere when uniform
+    (each with a warning through ``say``)."""
+    from dreamfield.export.mesh import blur_density  # the export's blur, so the start is the one-stage mesh
+
+    s, bound = cfg.surface, cfg.field.bound
+    sigma, albedo = lattice_values(coarse.field, s.resolution, bound, device)
+    blurred = blur_density(sigma, s.init_blur, bound)
+    level = s.init_level
+    if not bool((blurred > level).any()):  # a faint coarse field: its densest half, the export's fallback rule
+        level = 0.5 * (float(blurred.min()) + float(blurred.max()))
+        say(f"warning: the coarse field stays below surface.init_level={s.init_level}; handing over at {level:.3g}")
+    inside = blurred.numpy() > level
+    scene = make_surface_scene(cfg, device)
+    if inside.any() and not inside.all():
+        sdf = torch.from_numpy(sdf_from_occupancy(inside, bound))
+    else:  # a uniform coarse field has no surface: the fresh field's sphere
+        say("warning: the coarse field has no surface to hand over; the surface stage starts from a sphere")
+        sdf = scene.field.sdf_grid.detach()[0, 0].cpu()
+    logits = torch.logit(albedo.clamp(1e-3, 1 - 1e-3))
+    scene.field.set_grids(sdf.to(device), logits.to(device))
+    scene.background.load_state_dict(coarse.background.state_dict())
+    return scene
+
+
+class EikonalObjective:
+    """The stage's objective: the distillation term plus surface.eikonal * field.eikonal() as an extra term."""
+
+    def __init__(self, inner, field: SdfGridField, weight: float) -> None:
+        self.inner, self.field, self.weight = inner, field, weight
+
+    def __call__(self, step: int, out, view: View, generator: torch.Generator) -> Term:
+        term = self.inner(step, out, view, generator)
+        if self.weight <= 0:
+            return term
+        eik = ("eikonal", self.weight * self.field.eikonal())
+        return dataclasses.replace(term, extra=(*term.extra, eik))
+
+
+def load_surface_scene(cfg: Config, checkpoint: str | Path, device: torch.device | str) -> Scene:
+    """The surface scene saved in ``checkpoint`` (``<run>/surface/checkpoints/last.pt``; for ``export``)."""
+    from dreamfield.checkpoint import load_checkpoint
+    from dreamfield.scene.scene import load_scene_state
+
+    scene = make_surface_scene(cfg, device)
+    load_scene_state(scene, load_checkpoint(checkpoint)["scene"], checkpoint)
+    return scene
