@@ -35,8 +35,14 @@ def sample_grid(volume: Tensor, x: Tensor, bound: float) -> Tensor:
 
 
 # Points per pass over the levels: the per-level temporaries ((N, 8) indices, weights, gathered rows)
-# then never exceed this many rows, however many points a call brings.
+# then never exceed this many rows, however many points a call brings. On CUDA, memory is plentiful
+# and each pass costs kernel launches, so its chunks are larger.
 _CHUNK = 1 << 16
+_CHUNK_CUDA = 1 << 20
+
+
+def _chunk(x: Tensor) -> int:
+    return _CHUNK_CUDA if x.is_cuda else _CHUNK
 
 
 class _Level(NamedTuple):
@@ -85,9 +91,9 @@ def _cell(u: Tensor, inside: Tensor, level: _Level, bound: float, primes: tuple[
     with torch.no_grad():
         b = base.long()
         v = torch.stack([b, b + 1], dim=1)  # (N, 2, 3)
-        if level.hashed:
-            p = v * torch.tensor(primes, dtype=torch.int64, device=u.device)
-            idx = p[:, :, None, None, 2] ^ p[:, None, :, None, 1] ^ p[:, None, None, :, 0]  # (N, 2z, 2y, 2x)
+        if level.hashed:  # python-int factors: no host-to-device copy per level on CUDA
+            px, py, pz = (v[:, :, k] * primes[k] for k in range(3))  # (N, 2) each
+            idx = pz[:, :, None, None] ^ py[:, None, :, None] ^ px[:, None, None, :]  # (N, 2z, 2y, 2x)
             idx = idx & (level.size - 1)  # mod 2^k of non-negative integers
         else:
             v = v.clamp(max=level.side - 1)  # the box's far face: its +1 corners carry weight 0
@@ -105,8 +111,7 @@ def _trilinear(wx: Tensor, wy: Tensor, wz: Tensor) -> Tensor:
 def _weight_jvp(cell: _Cell, d: Tensor) -> Tensor:
     """sum_k (d w_c / d x_k) d_k for each corner: d (N, 3) -> (N, 8)."""
     d = d * cell.dfrac
-    sign = torch.tensor([-1.0, 1.0], dtype=d.dtype, device=d.device)  # d (1 - f, f) / d f
-    ex, ey, ez = sign * d[:, 0:1], sign * d[:, 1:2], sign * d[:, 2:3]
+    ex, ey, ez = (torch.cat([-d[:, k : k + 1], d[:, k : k + 1]], dim=1) for k in range(3))  # d (1 - f, f) / d f = (-1, 1)
     return _trilinear(ex, cell.wy, cell.wz) + _trilinear(cell.wx, ey, cell.wz) + _trilinear(cell.wx, cell.wy, ez)
 
 
@@ -141,13 +146,14 @@ def _encode(x: Tensor, table: Tensor, levels: Levels, bound: float, primes: Prim
     """E(x) = concat_l sum_c w_c(x) T[idx_l,c(x)]: x (N, 3) -> (N, L F), chunk by chunk (no graph)."""
     n, f = x.shape[0], table.shape[1]
     out = x.new_empty(n, len(levels), f)
-    for a in range(0, n, _CHUNK):
-        u, inside = _box_coords(x[a : a + _CHUNK], bound)
+    c = _chunk(x)
+    for a in range(0, n, c):
+        u, inside = _box_coords(x[a : a + c], bound)
         for l, level in enumerate(levels):
             cell = _cell(u, inside, level, bound, primes)
-            w = _trilinear(cell.wx, cell.wy, cell.wz)  # (N, 8)
-            out[a : a + _CHUNK, l] = (w[..., None] * _gather(table, level, cell, x.dtype)).sum(dim=1)
-    return out.reshape(n, -1)
+            w = _trilinear(cell.wx, cell.wy, cell.wz)  # (n, 8)
+            out[a : a + c, l] = torch.bmm(w[:, None, :], _gather(table, level, cell, x.dtype))[:, 0]  # (n, F)
+    return out.reshape(n, len(levels) * f)
 
 
 def _encode_vjp(
@@ -158,19 +164,22 @@ def _encode_vjp(
     n, f = x.shape[0], table.shape[1]
     grad = grad.reshape(n, len(levels), f)
     parts = []
-    for a in range(0, n, _CHUNK):
-        u, inside = _box_coords(x[a : a + _CHUNK], bound)
+    c = _chunk(x)
+    for a in range(0, n, c):
+        u, inside = _box_coords(x[a : a + c], bound)
         gx = None
         for l, level in enumerate(levels):
             cell = _cell(u, inside, level, bound, primes)
-            g = grad[a : a + _CHUNK, l]  # (n, F)
+            g = grad[a : a + c, l]  # (n, F)
             if gt is not None:
                 _scatter(gt, level, cell, _trilinear(cell.wx, cell.wy, cell.wz)[..., None] * g[:, None, :])
             if need_x:
-                s = (_gather(table, level, cell, x.dtype) * g[:, None, :]).sum(dim=-1)  # (n, 8)
+                s = torch.bmm(_gather(table, level, cell, x.dtype), g[:, :, None].to(x.dtype))[..., 0]  # (n, 8)
                 gx = _weight_vjp(cell, s) if gx is None else gx + _weight_vjp(cell, s)
         parts.append(gx)
-    return torch.cat(parts) if need_x else None
+    if not need_x:
+        return None
+    return torch.cat(parts) if parts else torch.zeros_like(x)  # no parts: no points
 
 
 def _grad_x_vjp(
@@ -181,16 +190,17 @@ def _grad_x_vjp(
     n, f = x.shape[0], table.shape[1]
     h = h.reshape(n, len(levels), f)
     gh = h.new_empty(h.shape) if need_h else None
-    for a in range(0, n, _CHUNK):
-        u, inside = _box_coords(x[a : a + _CHUNK], bound)
+    c = _chunk(x)
+    for a in range(0, n, c):
+        u, inside = _box_coords(x[a : a + c], bound)
         for l, level in enumerate(levels):
             cell = _cell(u, inside, level, bound, primes)
-            q = _weight_jvp(cell, grad[a : a + _CHUNK])  # (n, 8)
+            q = _weight_jvp(cell, grad[a : a + c])  # (n, 8)
             if gt is not None:
-                _scatter(gt, level, cell, q[..., None] * h[a : a + _CHUNK, l, None, :])
+                _scatter(gt, level, cell, q[..., None] * h[a : a + c, l, None, :])
             if gh is not None:
-                gh[a : a + _CHUNK, l] = (_gather(table, level, cell, h.dtype) * q[..., None]).sum(dim=1)
-    return None if gh is None else gh.reshape(n, -1)
+                gh[a : a + c, l] = torch.bmm(q[:, None, :].to(h.dtype), _gather(table, level, cell, h.dtype))[:, 0]
+    return None if gh is None else gh.reshape(n, len(levels) * f)
 
 
 class _HashEncode(torch.autograd.Function):
