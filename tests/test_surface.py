@@ -1,0 +1,242 @@
+"""The surface stage: the SDF field's closed forms (VolSDF density, sphere and plane SDFs, eikonal term,
+normals, silhouette), the distance-transform hand-over, the zero-level-set export, the stage's config,
+and the two-stage generate run: hand-over and resume inside either stage give bit-identical parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from dreamfield.config import Config, ConfigError, SurfaceConfig, load_config
+from dreamfield.scene.cameras import get_rays, orbit_cameras
+from dreamfield.scene.sdf import SdfGridField, laplace_cdf, lattice_gradient, sdf_from_occupancy
+
+R = 0.5  # the fresh field's sphere
+
+
+def sphere_field(resolution: int = 49, beta: float = 0.005, bounding_radius: float = 0.0) -> SdfGridField:
+    cfg = SurfaceConfig(resolution=resolution, beta_init=beta + 1e-3, beta_min=beta)  # beta = beta_min + 1e-3
+    return SdfGridField(cfg, bound=1.0, bounding_radius=bounding_radius, radius=R)
+
+
+def test_laplace_cdf_matches_scipy_and_has_a_float64_gradient():
+    s = torch.linspace(-0.3, 0.3, 101, dtype=torch.float64)
+    beta = torch.tensor(0.05, dtype=torch.float64)
+    assert torch.allclose(laplace_cdf(s, beta), torch.from_numpy(stats.laplace.cdf(s.numpy(), scale=0.05)), atol=1e-12)
+    s_off = torch.tensor([-0.2, -0.01, 0.02, 0.3], dtype=torch.float64, requires_grad=True)  # away from the kink
+    b = beta.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(laplace_cdf, (s_off, b))
+
+
+def test_volsdf_density_is_half_alpha_on_the_surface_and_alpha_deep_inside():
+    field = sphere_field()
+    beta = float(field.beta.detach())  # resolution 49: x = 0.5 and 0 are lattice nodes, d is exact there
+    x = torch.tensor([[R, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.9, 0.0]])
+    sigma = field.density(x)
+    assert sigma[0].item() == pytest.approx(0.5 / beta, rel=1e-4)  # d = 0: alpha Psi(0) = alpha / 2 (VolSDF Eq. 2)
+    assert sigma[1].item() == pytest.approx(1.0 / beta, rel=1e-6)  # d = -0.5 = -83 beta
+    assert sigma[2].item() < 1e-20  # d = +0.4
+
+
+def test_plane_sdf_has_zero_eikonal_and_exact_normals():
+    field = sphere_field(resolution=16)
+    axis = torch.linspace(-1, 1, 16)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    d = (0.6 * x - 0.8 * z + 0.1).float()  # a plane, unit normal (0.6, 0, -0.8)
+    field.set_grids(d, torch.zeros(3, 16, 16, 16))
+    assert field.eikonal().item() < 1e-10  # central differences of a linear function are exact
+    n = field.normals(torch.rand(50, 3) * 1.6 - 0.8)
+    assert torch.allclose(n, torch.tensor([0.6, 0.0, -0.8]).expand_as(n), atol=1e-5)
+
+
+def test_sphere_sdf_is_a_fixed_point_unit_gradient_radial_normals():
+    field = sphere_field(resolution=64)
+    g = lattice_gradient(field.sdf_grid, 1.0)[0].norm(dim=0)  # (R, R, R)
+    axis = torch.linspace(-1, 1, 64)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    near = ((x * x + y * y + z * z).sqrt() - R).abs() < 0.2  # a band around the surface (the centre is a kink)
+    h = 2.0 / 63
+    assert (g[near] - 1).abs().max().item() < h**2 / 0.3**2  # central differences' error, O(h^2 / r^2)
+    assert field.eikonal().item() < 2e-3  # the kink at the centre and the box faces are all that is left
+    u = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
+    on_surface = R * u
+    assert field.sdf(on_surface).abs().max().item() < 2e-3  # trilinear reading of |x| - R
+    assert torch.allclose(field.normals(on_surface), u, atol=5e-3)
+
+
+def test_rendering_a_sphere_sdf_gives_its_exact_silhouette():
+    from dreamfield.config import RenderConfig
+    from dreamfield.scene.background import make_background
+    from dreamfield.scene.render import render
+
+    field = sphere_field(resolution=64, beta=0.002)
+    rcfg = RenderConfig(n_samples=256, background_color=(1.0, 1.0, 1.0))
+    cams = orbit_cameras(2, 20.0, 1.8, 45.0)
+    H = 32
+    out = render(field, cams, H, H, rcfg, make_background(rcfg), "albedo", bound=1.0, stratified=False)
+    o, d = get_rays(cams, H, H)
+    # distance from the centre to each ray: the sphere covers the pixel iff it is below R
+    closest = (o - (o * d).sum(-1, keepdim=True) * d).norm(dim=-1)  # (B, H, W)
+    inside, outside = closest < R - 0.01, closest > R + 0.01  # the rim's pixels (a pixel is 0.047 wide) left out
+    opacity = out.opacity[:, 0]
+    assert inside.sum() > 100 and outside.sum() > 100
+    assert opacity[inside].min().item() > 0.999
+    assert opacity[outside].max().item() < 0.5  # the Laplace tail outside d = 0 stays below half opacity
+    assert opacity[closest > R + 0.05].max().item() < 1e-4  # and dies within 0.05 = 17 beta
+
+
+def test_sdf_from_occupancy_matches_a_sphere_within_a_voxel():
+    res, bound = 48, 1.0
+    axis = np.linspace(-bound, bound, res)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    exact = np.sqrt(x * x + y * y + z * z) - 0.45
+    sdf = sdf_from_occupancy(exact < 0, bound)
+    h = 2 * bound / (res - 1)
+    band = np.abs(exact) < 0.3
+    assert np.abs(sdf - exact)[band].max() < h  # the voxel mask loses sub-voxel position, no more
+    assert np.all(np.sign(sdf[np.abs(exact) > h]) == np.sign(exact[np.abs(exact) > h]))
+    with pytest.raises(ValueError, match="no surface"):
+        sdf_from_occupancy(np.zeros((8, 8, 8), bool), bound)
+
+
+def test_sdf_export_is_the_zero_level_set():
+    from dreamfield.config import ExportConfig
+    from dreamfield.export.sdf_mesh import extract_sdf_mesh
+    from dreamfield.toy.measures import gltf_to_world
+
+    field = sphere_field(resolution=64)
+    mesh = extract_sdf_mesh(field, ExportConfig(resolution=64, target_faces=0, threshold=2.6, density_blur=0.06),
+                            1.0, "cpu")
+    radii = np.linalg.norm(gltf_to_world(np.asarray(mesh.vertices)), axis=1)
+    assert np.abs(radii - R).max() < 2e-3  # neither the density level nor the blur moved it
+    assert mesh.is_watertight and mesh.volume == pytest.approx(4 / 3 * math.pi * R**3, rel=0.01)
+    assert mesh.metadata["level"] == 0.0
+    # the bounding sphere cuts the SDF as the renderer's density cut does
+    cut = extract_sdf_mesh(sphere_field(resolution=64, bounding_radius=0.3), ExportConfig(resolution=64, target_faces=0),
+                           1.0, "cpu")
+    assert np.linalg.norm(gltf_to_world(np.asarray(cut.vertices)), axis=1).max() < 0.3 + 2e-3
+
+
+def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
+    from dreamfield.scene.scene import make_scene
+    from dreamfield.surface import hand_over
+
+    cfg = load_config([], ["field.grid_resolution=32", "surface.resolution=40", "surface.init_blur=0",
+                           "surface.init_level=2.0"])
+    coarse = make_scene(cfg, "cpu")
+    axis = torch.linspace(-1, 1, 32)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    r = (x * x + y * y + z * z).sqrt()
+    with torch.no_grad():  # raw density whose exp crosses 2.0 at r = 0.4 (bias -4, blob 5 exp(-r^2 / 0.5))
+        target = torch.log(torch.tensor(2.0)) - (-4.0 + 5.0 * torch.exp(-r * r / 0.5)) + 20.0 * (0.4 - r)
+        coarse.field.density_grid.copy_(target[None, None])
+        coarse.field.color_grid.copy_(torch.stack([x, y, z])[None])
+    scene = hand_over(cfg, coarse, "cpu")
+    u = torch.nn.functional.normalize(torch.randn(300, 3), dim=-1)
+    assert scene.field.sdf(0.4 * u).abs().max().item() < 2.0 / 39 + 0.01  # a voxel, plus the coarse grid's lerp
+    pts = torch.rand(100, 3) * 1.2 - 0.6
+    _, a_coarse = coarse.field(pts)
+    _, a_surf = scene.field(pts)
+    assert torch.allclose(a_surf, a_coarse, atol=0.02)  # both trilinear, on different lattices
+
+
+def test_stage_config_and_validation():
+    from dreamfield.surface import stage_config, stage_steps
+
+    cfg = load_config([], ["optim.steps=40", "loss.tv=0.5", "surface.t_max=0.6", "surface.t_max_end=0.25"])
+    assert stage_steps(cfg) == 20
+    st = stage_config(cfg)
+    assert (st.optim.steps, st.guidance.t_max, st.guidance.t_max_end, st.loss.tv) == (20, 0.6, 0.25, 0.0)
+    assert st.camera.azimuth_widen_steps == 0 and st.field == cfg.field
+    assert stage_steps(load_config([], ["surface.steps=7"])) == 7
+    for bad, key in (("surface.beta_init=0.001", "surface.beta_init"), ("surface.t_max=0.1", "surface.t_max"),
+                     ("surface.lr_sdf=0", "surface.lr_sdf"), ("surface.steps=0", "surface.steps"),
+                     ("surface.resolution=2", "surface.resolution")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config([], [bad])
+    assert load_config(["configs/one_stage.yaml"]).surface.enabled is False
+    assert load_config(["configs/sd21.yaml"]).surface.resolution == 128
+
+
+# -- the two-stage generate run on the tiny SD ----------------------------------------------------------------
+FAST = ["--set", "render.resolution=16", "--set", "render.n_samples=12", "--set", "field.grid_resolution=16",
+        "--set", "surface.resolution=16", "--set", "surface.steps=4", "--set", "surface.init_level=1.0",
+        "--set", "run.log_every=1", "--set", "run.checkpoint_every=1", "--set", "run.preview_every=0", "--quiet"]
+
+
+def _field_state(path) -> dict:
+    return torch.load(path, weights_only=True)["scene"]["field"]
+
+
+def _stop_in_stage(stage: int, n: int):
+    """generate.optimize that raises KeyboardInterrupt after n steps of call number ``stage`` (0 coarse, 1 surface)."""
+    from dreamfield import optimize as opt
+
+    calls = []
+
+    def stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) - 1 != stage:
+            return opt.optimize(*args, **kwargs)
+
+        def on_step(done):
+            if done == n:
+                raise KeyboardInterrupt
+
+        return opt.optimize(*args, **kwargs, on_step=on_step)
+
+    return stopped
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
+    from dreamfield.cli import main
+
+    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export"] + FAST
+    full = tmp_path / "full"
+    assert main(["generate", "a blue sphere", "--out", str(full)] + common) == 0
+    assert (full / "surface" / "checkpoints" / "last.pt").is_file()
+    surf = _field_state(full / "surface" / "checkpoints" / "last.pt")
+    assert set(surf) == {"sdf_grid", "color_grid", "log_beta"}
+    assert "density_grid" in _field_state(full / "checkpoints" / "last.pt")
+
+    stopped = tmp_path / "stopped"
+    patch = pytest.MonkeyPatch()
+    patch.setattr("dreamfield.generate.optimize", _stop_in_stage(stage, 2))
+    try:
+        assert main(["generate", "a blue sphere", "--out", str(stopped)] + common) == 130
+    finally:
+        patch.undo()
+    folder = stopped / "surface" if stage == 1 else stopped
+    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    assert (stage == 1) == (stopped / "surface").exists()
+    assert main(["generate", "--resume", str(stopped), "--quiet", "--no-export"]) == 0
+
+    for sub in ("checkpoints", "surface/checkpoints"):
+        a, b = _field_state(full / sub / "last.pt"), _field_state(stopped / sub / "last.pt")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (sub, k)
+    steps = [json.loads(l)["step"] for l in (stopped / "surface" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+    rec = json.loads((stopped / "surface" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["eikonal"] >= 0
+
+
+def test_one_stage_run_has_no_surface_folder_and_exports_the_sdf_otherwise(tiny_sd_path, tmp_path):
+    from dreamfield.cli import main
+
+    common = ["--model", str(tiny_sd_path), "--steps", "2"] + FAST + ["--set", "export.video_frames=2",
+                                                                      "--set", "export.compare_views=0"]
+    one = tmp_path / "one"
+    assert main(["generate", "a red cube", "--out", str(one), "--config", "configs/one_stage.yaml"] + common) == 0
+    assert not (one / "surface").exists()
+    two = tmp_path / "two"
+    assert main(["generate", "a red cube", "--out", str(two)] + common) == 0
+    assert (two / "surface" / "config.yaml").is_file() and (two / "turntable.mp4").is_file()
