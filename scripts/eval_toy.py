@@ -235,6 +235,57 @@ def print_table(result: dict) -> None:
     print(f"mean wall time per object: {result['mean_wall_s']} s")
 
 
+# ---------------------------------------------------------------------------------------------- 3D per shape / colour
+_REF_AREA: dict = {}
+
+
+def surface_area_ratio(run: Path, shape: str) -> float | None:
+    """Surface area of a run's mesh over that of the prompted primitive (toy.measures.reference_mesh)."""
+    from dreamfield.toy.measures import load_mesh, reference_mesh
+
+    path = run if run.suffix in (".glb", ".obj", ".ply") else run / "mesh.glb"
+    if not path.is_file():
+        return None
+    if shape not in _REF_AREA:
+        _REF_AREA[shape] = float(reference_mesh(shape, res=128).area)
+    mesh = load_mesh(path)
+    if isinstance(mesh, __import__("trimesh").Scene):
+        mesh = mesh.to_geometry()
+    return float(mesh.area) / _REF_AREA[shape]
+
+
+def breakdown(rows: list[dict]) -> dict:
+    """Per shape and per colour (and overall): shape/colour accuracy, mean IoU, mean colour error (RGB distance
+    of the mean visible albedo to the spec colour), mean surface-area ratio to the primitive, mean wall time."""
+    scored = [r for r in rows if "error" not in r]
+    for r in scored:
+        rgb = r.get("mean_rgb")
+        r["colour_err"] = None if rgb is None else float(np.linalg.norm(np.subtract(rgb, COLOURS[r["colour"]])))
+        r["area_ratio"] = surface_area_ratio(Path(r["run"]), r["shape"])
+
+    def figures(sel):
+        def mean(key):
+            vals = [float(r[key]) for r in sel if r.get(key) is not None]
+            return round(float(np.mean(vals)), 4) if vals else None
+
+        return {"objects": len(sel), "shape_acc": mean("shape_ok"), "colour_acc": mean("colour_ok"),
+                "mean_iou": mean("iou"), "colour_err": mean("colour_err"), "area_ratio": mean("area_ratio"),
+                "wall_s": mean("wall_s")}
+
+    return {"by_shape": {s: figures([r for r in scored if r["shape"] == s]) for s in SHAPES},
+            "by_colour": {c: figures([r for r in scored if r["colour"] == c]) for c in COLOUR_NAMES},
+            "all": figures(scored)}
+
+
+def print_breakdown(result: dict) -> None:
+    cols = ("objects", "shape_acc", "colour_acc", "mean_iou", "colour_err", "area_ratio", "wall_s")
+    print(f"{'':<10}" + "".join(f"{c:>11}" for c in cols))
+    for part in ("by_shape", "by_colour"):
+        for name, fig in result[part].items():
+            print(f"{name:<10}" + "".join(f"{'-' if fig[c] is None else fig[c]:>11}" for c in cols))
+    print(f"{'all':<10}" + "".join(f"{'-' if result['all'][c] is None else result['all'][c]:>11}" for c in cols))
+
+
 def generate(a: argparse.Namespace, extra: list[str]) -> tuple[list[Path], dict]:
     """Run ``dreamfield generate`` for the 12 evaluation prompts through ``dreamfield batch`` (one Ray task each,
     ``a.jobs`` at a time, into ``a.gen_root/<prompt with dashes>/``); returns run folders and wall times (each
@@ -247,7 +298,7 @@ def generate(a: argparse.Namespace, extra: list[str]) -> tuple[list[Path], dict]
     from dreamfield.batch import BatchEntry, BatchOptions, run_batch
 
     root = Path(a.gen_root)
-    prompts = [caption(c, s) for c, s in EVAL_3D]
+    prompts = [caption(c, s) for c, s in (ALL_PAIRS if getattr(a, "all", False) else EVAL_3D)]
     entries = [BatchEntry(p, slug=p.replace(" ", "-")) for p in prompts]
     opts = BatchOptions(extra_args=tuple(extra), jobs=max(1, a.jobs), threads_per_run=1 if a.jobs > 1 else None,
                         command=(a.dreamfield,) if a.dreamfield else None)
@@ -266,6 +317,9 @@ def eval_3d(a: argparse.Namespace, extra: list[str]) -> dict:
         raise SystemExit("3d: give run folders / meshes, or --generate")
     result = score_runs(runs, walls)
     print_table(result)
+    if getattr(a, "breakdown", False):
+        result.update(breakdown(result["rows"]))
+        print_breakdown(result)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(result, indent=1))
@@ -298,6 +352,9 @@ def main(argv=None) -> int:
                     help="the dreamfield command to call (default: python -m dreamfield of this interpreter)")
     p3.add_argument("--jobs", type=int, default=1, help="with --generate: runs at once (> 1: one thread each)")
     p3.add_argument("--json", default=None, help="write the table as JSON here")
+    p3.add_argument("--all", action="store_true", help="with --generate: all 36 pairs instead of the 12")
+    p3.add_argument("--breakdown", action="store_true",
+                    help="also per shape and per colour: accuracies, IoU, colour error, area ratio, time")
     a = p.parse_args(argv)
     if a.what == "2d":
         eval_2d(a)
