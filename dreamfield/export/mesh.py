@@ -7,6 +7,9 @@ Pipeline (data flows one way)::
       -> drop floaters, smooth, decimate, outward normals
       -> albedo at the vertices      sRGB [0, 1] -> 8-bit RGBA vertex colours
       -> world (z up) to glTF (Y up) x_out = y_w, y_out = z_w, z_out = x_w   (TOY_DOMAIN.md)
+      -> texture_mesh (texture.py)   uv charts + the albedo baked into a PNG (export.colour = "texture")
+      -> save_mesh                   GLB / OBJ + MTL + PNG / PLY (gltf.py writes the GLB and OBJ)
+      -> mesh_vs_field (raster.py)   the mesh rasterised against the field's render: IoU, PSNR
 
 Marching cubes is scikit-image's Lewiner variant (Lewiner et al. 2003, "Efficient implementation
 of marching cubes' cases with topological guarantees"), not PyMCubes' classic Lorensen table: it
