@@ -191,9 +191,11 @@ class SurfaceConfig:
     # the stage's timesteps: t_max anneals from t_max to t_max_end over its steps (low t refines, high t reshapes)
     t_max: float = 0.5
     t_max_end: float = 0.2
-    # the stage's shading probabilities (render.p_* of the coarse stage are not used here)
-    p_albedo: float = 0.2
-    p_lambertian: float = 0.6
+    # the stage's shading probabilities (render.p_* of the coarse stage are not used here). No albedo-only
+    # renders: the toy prior saw Lambertian-shaded images, so an unshaded render is pulled toward the shaded
+    # colour, i.e. a darker albedo (scripts/diagnose_colour.py measures each shading's fixed point)
+    p_albedo: float = 0.0
+    p_lambertian: float = 0.8
     p_textureless: float = 0.2
 
 

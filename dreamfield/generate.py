@@ -90,6 +90,8 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
     scene = None if in_surface else optimize(cfg, run, make_objective(cfg, prior, prompt), device, resume=resume,
                                              progress=progress)
     if cfg.surface.enabled:
+        if not in_surface:  # the coarse stage's share, for a side-by-side with one-stage runs
+            run.write_timing(time.perf_counter() - t0, "coarse_optimize_seconds")
         scene = run_surface_stage(cfg, run, prior, prompt, scene, device, resume=resume, progress=progress)
     run.write_timing(time.perf_counter() - t0)
     if cfg.run.export and export:
