@@ -81,10 +81,11 @@ def hash_field(normals: str, old: bool, device: str) -> DensityField:
     cfg = load_config([SD21], [f"field.normals={normals}"]).field
     field = make_field(cfg).to(device)
     assert isinstance(field, HashGridField)
-    if old:  # the plain-autograd lookup and DensityField's generic normals (six lookups, or double backward)
+    if old:  # the plain-autograd lookup and DensityField's generic normals (six kept lookups, or double backward)
         enc = field.encoding
         enc.forward = lambda x: hash_encode_reference(enc, x)
         field.raw_gradient = lambda x: DensityField.raw_gradient(field, x)
+        field.raw_gradient_fd = lambda x: DensityField.raw_gradient_fd(field, x)
     return field
 
 
@@ -157,9 +158,11 @@ def run_render_case(case: str, res: int, device: str) -> dict:
         (out.rgb.mean() + out.orientation).backward()
         box["samples"] = out.n_samples
 
+    c0 = time.process_time()
     mem, sec = measure(step, device)
-    process_peak = peak(device) if device == "cuda" else peak("cpu")
-    return {"peak_mb": mem / 2**20, "process_peak_mb": process_peak / 2**20, "seconds": sec, "samples": box["samples"]}
+    cpu = time.process_time() - c0
+    return {"peak_mb": mem / 2**20, "process_peak_mb": peak(device) / 2**20, "seconds": sec, "cpu_seconds": cpu,
+            "samples": box["samples"]}
 
 
 # -- the parent -------------------------------------------------------------------------------------
@@ -202,7 +205,8 @@ def report(case: str, r: dict, args: argparse.Namespace) -> str:
     if case.startswith("render"):
         return (
             f"{case:<15} {args.render_res}x{args.render_res} rays x 128 samples ({r['samples']} evaluated): "
-            f"step peak {r['peak_mb']:.0f} MiB, process peak {r['process_peak_mb']:.0f} MiB, {r['seconds']:.1f} s"
+            f"step peak {r['peak_mb']:.0f} MiB, process peak {r['process_peak_mb']:.0f} MiB, "
+            f"{r['seconds']:.1f} s ({r['cpu_seconds']:.1f} CPU s)"
         )
     return (
         f"{case:<15} {r['n']:>8d} {r['bytes_per_point']:>12.0f} {r['mem_tiny'] / 2**20:>10.1f} {r['mem_big'] / 2**20:>9.1f} "
@@ -245,12 +249,13 @@ def main() -> None:
     for case in cases:
         results[case] = run_case(case, args)
         print(report(case, results[case], args), flush=True)
-    for normals in ("fd", "ad"):
-        old, new = results.get(f"hash-old-{normals}"), results.get(f"hash-new-{normals}")
+    for old_case, new_case in (("hash-old-fd", "hash-new-fd"), ("hash-old-ad", "hash-new-ad"), ("hash-old-fd", "hash-new-ad")):
+        old, new = results.get(old_case), results.get(new_case)
         if old and new and "error" not in old and "error" not in new:
             print(
-                f"hash {normals}: new / old memory per point {new['bytes_per_point'] / old['bytes_per_point']:.3f}, "
-                f"speed x{new['points_per_s'] / old['points_per_s']:.2f}"
+                f"{new_case} vs {old_case}: memory per point x{new['bytes_per_point'] / old['bytes_per_point']:.3f}, "
+                f"points per second x{new['points_per_s'] / old['points_per_s']:.2f} (wall), "
+                f"x{new['points_per_cpu_s'] / old['points_per_cpu_s']:.2f} (CPU)"
             )
 
 

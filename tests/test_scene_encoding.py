@@ -102,7 +102,9 @@ def test_no_points():
 
 def test_recipe_sized_encoding_matches_the_reference():
     """sd21.yaml's 16 levels x 2 features, 2^19 rows: coarse levels dense, fine ones hashed."""
-    enc = HashEncoding(bound=1.0, levels=16, features_per_level=2, log2_table_size=19, base_resolution=16, max_resolution=2048)
+    enc = HashEncoding(
+        bound=1.0, levels=16, features_per_level=2, log2_table_size=19, base_resolution=16, max_resolution=2048
+    )
     assert enc.hashed.any() and not enc.hashed.all()
     with torch.no_grad():
         enc.table.normal_(generator=torch.Generator().manual_seed(0))
@@ -190,7 +192,8 @@ def test_exact_normals_match_finite_differences():
     field = small_field().requires_grad_(False)
     x = interior_points(40, seed=7) * 0.9
     eps = 1e-6
-    fd = torch.stack([(field._raw_density(x + e) - field._raw_density(x - e)) / (2 * eps) for e in eps * torch.eye(3, dtype=x.dtype)], -1)
+    steps = eps * torch.eye(3, dtype=x.dtype)
+    fd = torch.stack([(field._raw_density(x + e) - field._raw_density(x - e)) / (2 * eps) for e in steps], dim=-1)
     assert torch.allclose(field.raw_gradient(x), fd, rtol=1e-6, atol=1e-6)
 
 

@@ -111,7 +111,8 @@ def _trilinear(wx: Tensor, wy: Tensor, wz: Tensor) -> Tensor:
 def _weight_jvp(cell: _Cell, d: Tensor) -> Tensor:
     """sum_k (d w_c / d x_k) d_k for each corner: d (N, 3) -> (N, 8)."""
     d = d * cell.dfrac
-    ex, ey, ez = (torch.cat([-d[:, k : k + 1], d[:, k : k + 1]], dim=1) for k in range(3))  # d (1 - f, f) / d f = (-1, 1)
+    # d (1 - f, f) / d f = (-1, 1)
+    ex, ey, ez = (torch.cat([-d[:, k : k + 1], d[:, k : k + 1]], dim=1) for k in range(3))
     return _trilinear(ex, cell.wy, cell.wz) + _trilinear(cell.wx, ey, cell.wz) + _trilinear(cell.wx, cell.wy, ez)
 
 
@@ -135,7 +136,8 @@ def _gather(table: Tensor, level: _Level, cell: _Cell, dtype: torch.dtype) -> Te
 
 def _scatter(gt: Tensor, level: _Level, cell: _Cell, values: Tensor) -> None:
     """gt[rows at the cell corners] += values (N, 8, F), in place."""
-    gt.narrow(0, level.offset, level.size).index_add_(0, cell.idx.reshape(-1), values.reshape(-1, gt.shape[1]).to(gt.dtype))
+    rows = gt.narrow(0, level.offset, level.size)
+    rows.index_add_(0, cell.idx.reshape(-1), values.reshape(-1, gt.shape[1]).to(gt.dtype))
 
 
 Levels = tuple[_Level, ...]
@@ -157,7 +159,14 @@ def _encode(x: Tensor, table: Tensor, levels: Levels, bound: float, primes: Prim
 
 
 def _encode_vjp(
-    x: Tensor, table: Tensor, grad: Tensor, levels: Levels, bound: float, primes: Primes, need_x: bool, gt: Tensor | None
+    x: Tensor,
+    table: Tensor,
+    grad: Tensor,
+    levels: Levels,
+    bound: float,
+    primes: Primes,
+    need_x: bool,
+    gt: Tensor | None,
 ) -> Tensor | None:
     """For grad (N, L F): adds grad^T dE/dtable into gt (rows, F) when given, and returns
     grad^T dE/dx (N, 3) when need_x. dE_l/dT[idx_c] = w_c; dE_l/dx = sum_c T[idx_c] (d w_c / d x)."""
@@ -183,7 +192,15 @@ def _encode_vjp(
 
 
 def _grad_x_vjp(
-    x: Tensor, table: Tensor, h: Tensor, grad: Tensor, levels: Levels, bound: float, primes: Primes, gt: Tensor | None, need_h: bool
+    x: Tensor,
+    table: Tensor,
+    h: Tensor,
+    grad: Tensor,
+    levels: Levels,
+    bound: float,
+    primes: Primes,
+    gt: Tensor | None,
+    need_h: bool,
 ) -> Tensor | None:
     """Backward of (dE/dx)^T h for grad (N, 3): adds d/dtable into gt when given, returns d/dh (N, L F)
     when need_h. Both use q_c = (d w_c / d x) . grad: d/dh_l = sum_c T[idx_c] q_c, d/dT[idx_c] += q_c h_l."""
@@ -212,7 +229,9 @@ class _HashEncode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, levels: Levels, bound: float, primes: Primes) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, table: Tensor, levels: Levels, bound: float, primes: Primes
+    ) -> Tensor:
         ctx.save_for_backward(x, table)
         ctx.levels, ctx.bound, ctx.primes = levels, bound, primes
         return _encode(x, table, levels, bound, primes)
@@ -232,7 +251,9 @@ class _HashEncodeGradX(torch.autograd.Function):
     constants here (HashEncoding.grad_x refuses x that requires grad)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, h: Tensor, levels: Levels, bound: float, primes: Primes) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, table: Tensor, h: Tensor, levels: Levels, bound: float, primes: Primes
+    ) -> Tensor:
         ctx.save_for_backward(x, table, h)
         ctx.levels, ctx.bound, ctx.primes = levels, bound, primes
         return _encode_vjp(x, table, h, levels, bound, primes, need_x=True, gt=None)
@@ -295,7 +316,8 @@ class HashEncoding(nn.Module):
         corners = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], dtype=torch.int64)
         self.register_buffer("corners", corners, persistent=False)  # (8, 3)
         self.register_buffer("primes", torch.tensor(self.PRIMES, dtype=torch.int64), persistent=False)
-        self._levels = tuple(_Level(float(r), r + 1, h, s, o) for r, h, s, o in zip(resolutions, hashed, sizes, offsets))
+        per_level = zip(resolutions, hashed, sizes, offsets)
+        self._levels = tuple(_Level(float(r), r + 1, h, s, o) for r, h, s, o in per_level)
 
     @property
     def out_dim(self) -> int:
@@ -309,7 +331,7 @@ class HashEncoding(nn.Module):
         """(d E / d x)^T h at x (N, 3) for h (N, L F) -> (N, 3): the gradient in x of sum_j h_j E_j(x)
         with h held fixed, differentiable w.r.t. the table and h. x must not require grad."""
         if x.requires_grad and torch.is_grad_enabled():
-            raise ValueError("HashEncoding.grad_x: x must not require grad (its second derivative in x is not implemented)")
+            raise ValueError("HashEncoding.grad_x: x must not require grad (no second derivative in x)")
         return _HashEncodeGradX.apply(x, self.table, h, self._levels, self.bound, self.PRIMES)
 
 

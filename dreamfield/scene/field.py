@@ -316,7 +316,8 @@ class HashGridField(DensityField):
         offsets = eps * torch.eye(3, dtype=x.dtype, device=x.device)  # (3, 3)
         pts = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], dim=0).reshape(-1, 3)  # (6 N, 3)
         # preserve_rng_state=False: the field draws no random numbers
-        raw = [checkpoint(self._raw_density, c, use_reentrant=False, preserve_rng_state=False) for c in pts.split(self.FD_CHUNK)]
+        chunks = pts.split(self.FD_CHUNK)
+        raw = [checkpoint(self._raw_density, c, use_reentrant=False, preserve_rng_state=False) for c in chunks]
         raw = torch.cat(raw).reshape(6, -1)  # (6, N)
         return ((raw[:3] - raw[3:]) / (2.0 * eps)).t()
 
