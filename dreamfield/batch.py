@@ -38,13 +38,10 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 from urllib.parse import quote
 
+from dreamfield.files import clean_tmp, write_text
+
 DONE = "done.json"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-# What `generate` writes before its first checkpoint (config, prompt, metric lines, previews, a checkpoint
-# being written): the only things removed from a run folder that must start again.
-_PRE_CHECKPOINT_FILES = ("config.yaml", "prompt.json", "metrics.jsonl", "timing.json")
-_PRE_CHECKPOINT_GLOBS = (("previews", "step_*.png"), ("checkpoints", ".*.tmp-*"))
 
 # The subprocess inherits the Ray worker's signal mask, in which SIGINT is blocked; a signal mask survives
 # exec, so this one-line launcher clears it and execs the command, else `generate` could never see Ctrl-C.
@@ -170,19 +167,9 @@ class RunSpec:
     grace_seconds: float = 120.0  # after SIGINT, how long a run may take to checkpoint before it is killed
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder and os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def dreamfield_command() -> list[str]:
-    """``python -m dreamfield`` for this interpreter (``-m dreamfield.cli`` while the package has no __main__)."""
-    import importlib.util
-
-    module = "dreamfield" if importlib.util.find_spec("dreamfield.__main__") is not None else "dreamfield.cli"
-    return [sys.executable, "-m", module]
+    """``python -m dreamfield`` of this interpreter (on a cluster: of the node's interpreter, inside the task)."""
+    return [sys.executable, "-m", "dreamfield"]
 
 
 def read_prompt_json(run_dir: Path) -> Optional[str]:
@@ -192,27 +179,33 @@ def read_prompt_json(run_dir: Path) -> Optional[str]:
         return None
 
 
+def same_prompt(a: str, b: str) -> bool:
+    """Equal up to case, spacing and punctuation (generate saves the embedded prior's prompts normalised)."""
+    words = lambda text: re.findall(r"[a-z0-9]+", text.lower())  # noqa: E731
+    return words(a) == words(b)
+
+
 def prepare_run(run_dir: Path, prompt: str) -> str:
     """How to (re)start a run folder that has no done marker: "new" or "resume".
 
-    A folder with ``checkpoints/last.pt`` resumes. One without stopped before its first checkpoint: the files
-    ``generate`` writes before it are removed (nothing else), so that ``generate --out`` starts it again.
-    RunFolderError if the folder holds another prompt's run.
+    A folder with config.yaml resumes: ``generate --resume`` continues from ``checkpoints/last.pt``, or starts
+    again from step 0 under the recorded config when the run stopped before its first checkpoint, so nothing
+    is deleted. A folder without config.yaml holds nothing of a run: leftovers of interrupted atomic writes are
+    removed and the run starts anew. RunFolderError if the folder holds another prompt's run or files
+    dreamfield did not write (``generate --out`` takes only a new or empty folder).
     """
     if not run_dir.exists():
         return "new"
     owner = read_prompt_json(run_dir)
-    if owner is not None and owner != prompt:
+    if owner is not None and not same_prompt(owner, prompt):
         raise RunFolderError(f"{run_dir} holds a run of {owner!r}, not {prompt!r}; give another DIR or remove it")
-    if (run_dir / "checkpoints" / "last.pt").is_file():
+    if (run_dir / "config.yaml").is_file():
         return "resume"
-    for name in _PRE_CHECKPOINT_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for sub, pattern in _PRE_CHECKPOINT_GLOBS:
-        for p in (run_dir / sub).glob(pattern):
-            p.unlink(missing_ok=True)
-        if (run_dir / sub).is_dir() and not any((run_dir / sub).iterdir()):
-            (run_dir / sub).rmdir()
+    clean_tmp(run_dir)
+    left = sorted(p.name for p in run_dir.iterdir())
+    if left:
+        raise RunFolderError(f"{run_dir} holds files dreamfield did not write ({', '.join(left[:3])}); "
+                             "remove them or give another DIR")
     return "new"
 
 
@@ -232,11 +225,14 @@ def _attempt_error(log_path: Path, offset: int, returncode: int) -> str:
 
 def _wait(proc: subprocess.Popen, grace: float) -> bool:
     """Wait for proc; on KeyboardInterrupt (Ray's cancel) send SIGINT to its process group, give it ``grace``
-    seconds to checkpoint, then SIGKILL. Returns True when interrupted. Polls so the interrupt is seen at once."""
+    seconds to checkpoint, then SIGKILL. Returns True when interrupted."""
     try:
-        while proc.poll() is None:
-            time.sleep(0.2)
-        return False
+        while True:
+            try:
+                proc.wait(timeout=1.0)  # returns as soon as the run ends; the timeout lets the interrupt in
+                return False
+            except subprocess.TimeoutExpired:
+                pass
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -299,7 +295,7 @@ def run_one(spec: RunSpec) -> dict:
         return dict(row, error=_attempt_error(log_path, offset, proc.returncode))
     row.update(status="ok", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **run_figures(run_dir, spec.prompt))
     run_dir.mkdir(parents=True, exist_ok=True)  # a stand-in command may not have made it
-    write_atomic(run_dir / DONE, json.dumps(row, indent=1) + "\n")
+    write_text(run_dir / DONE, json.dumps(row, indent=1) + "\n")
     return row
 
 
@@ -382,11 +378,11 @@ def write_summary(out_dir: Path, rows: Sequence[dict]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    write_atomic(out_dir / "summary.csv", buf.getvalue())
+    write_text(out_dir / "summary.csv", buf.getvalue())
     counts = Counter(r["status"] for r in rows)
     summary = {"dir": str(out_dir), "total": len(rows), "counts": dict(sorted(counts.items())),
                "runs": [{k: r[k] for k in columns if k in r} for r in rows]}
-    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
 
 
 def thumbnail(run_dir: Path) -> Optional[str]:
@@ -444,7 +440,7 @@ def write_gallery(out_dir: Path, rows: Sequence[dict]) -> None:
             f"</title>\n<style>{_GALLERY_CSS}</style></head>\n<body><h1>dreamfield batch: {len(rows)} runs ({head})</h1>"
             f'\n<p class="meta"><a href="summary.csv">summary.csv</a> &middot; <a href="summary.json">summary.json</a>'
             f'</p>\n<div class="grid">\n{cards}\n</div></body></html>\n')
-    write_atomic(out_dir / "index.html", page)
+    write_text(out_dir / "index.html", page)
 
 
 # ---------------------------------------------------------------------------------------------- the batch (driver)

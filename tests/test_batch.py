@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,22 +81,27 @@ def test_bad_input_is_a_one_line_error_with_status_2(tmp_path, capsys):
     assert B.main([str(p), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
 
 
-def test_a_folder_without_checkpoint_loses_only_what_generate_wrote(tmp_path):
+def test_how_a_stopped_run_folder_restarts(tmp_path):
     run = tmp_path / "a-red-cube"
-    (run / "previews").mkdir(parents=True)
-    (run / "checkpoints").mkdir()
-    for name in ["config.yaml", "metrics.jsonl", "previews/step_000100.png", "checkpoints/.last.pt.tmp-12", "notes.txt"]:
-        (run / name).write_text("x")
-    (run / "prompt.json").write_text(json.dumps({"command": "generate", "prompt": "a red cube"}))
     assert B.prepare_run(run, "a red cube") == "new"
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's file stays
-    (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "last.pt").write_text("x")
+    # stopped before its first checkpoint: generate --resume starts it again from its config; nothing deleted
+    (run / "previews").mkdir(parents=True)
+    (run / "config.yaml").write_text("optim:\n  steps: 3\n")
     (run / "prompt.json").write_text(json.dumps({"command": "generate", "prompt": "a red cube"}))
-    assert B.prepare_run(run, "a red cube") == "resume" and (run / "checkpoints" / "last.pt").is_file()
+    (run / "previews" / "step_000100.png").write_text("x")
+    assert B.prepare_run(run, "A red cube!") == "resume"  # generate saves the toy prompt normalised
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "previews", "prompt.json"]
     with pytest.raises(B.RunFolderError, match="holds a run of 'a red cube'"):
         B.prepare_run(run, "a blue cube")
-    assert (run / "checkpoints" / "last.pt").is_file()
+    # no config.yaml: only leftovers of interrupted writes are removed, never anything else
+    other = tmp_path / "a-blue-cube"
+    other.mkdir()
+    (other / ".config.tmp-12.yaml").write_text("x")
+    assert B.prepare_run(other, "a blue cube") == "new" and not any(other.iterdir())
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(B.RunFolderError, match=r"files dreamfield did not write \(notes.txt\)"):
+        B.prepare_run(other, "a blue cube")
+    assert (other / "notes.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------------------------- batches on this machine
@@ -171,40 +177,23 @@ def test_a_failing_prompt_is_recorded_and_the_others_run(three, tiny_sd_path, tm
 
 
 def test_the_gallery_in_headless_chromium(three):
+    from browser import open_page
+
     out, _, _ = three
-    with open_page((out / "index.html").as_uri()) as page:
+    with open_page(out / "index.html") as view:
+        page = view.page
         cards = page.eval_on_selector_all(".card", "els => els.map(e => [e.dataset.slug, e.dataset.status])")
         images = page.eval_on_selector_all(".card img", "els => els.map(e => e.complete && e.naturalWidth)")
         links = page.eval_on_selector_all(".prompt a", "els => els.map(e => e.getAttribute('href'))")
         title = page.title()
+        assert view.problems() == []  # every thumbnail loaded, no script error
     summary = json.loads((out / "summary.json").read_text())
     assert cards == [[r["slug"], r["status"]] for r in summary["runs"]] and len(cards) >= 3
     shown = [c for c in cards if (out / c[0] / "views.png").is_file()]
     assert len(images) == len(shown) and all(w == 4 * 16 for w in images)  # the 4-view contact sheet, 16 px each
     for href in links:
-        assert (out / href).exists(), href  # report.html where a run has one, else its folder
+        assert (out / href).exists(), href  # report.html where a run has one, else its folder or its log
     assert title.startswith(f"dreamfield batch: {len(cards)} runs")
-
-
-class open_page:
-    """Headless Chromium on a URL (a stand-in for tests/browser.py's open_page until it lands)."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def __enter__(self):
-        playwright = pytest.importorskip("playwright.sync_api")
-        if not Path("/usr/bin/chromium").exists():
-            pytest.skip("no /usr/bin/chromium")
-        self._pw = playwright.sync_playwright().start()
-        self._browser = self._pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = self._browser.new_page()
-        page.goto(self.url)
-        return page
-
-    def __exit__(self, *exc):
-        self._browser.close()
-        self._pw.stop()
 
 
 # ---------------------------------------------------------------------------------------------- a killed run, Ctrl-C
@@ -231,7 +220,7 @@ def test_a_killed_run_resumes_on_rerun(ray_local, tiny_sd_path, tmp_path):
     prompts.write_text("a purple pyramid\n")
     out, run = tmp_path / "out", tmp_path / "out" / "a-purple-pyramid"
     argv = [str(prompts), "--out", str(out), "--model", str(tiny_sd_path), "--quiet", "--threads-per-run", "1"] + FAST + [
-        "--steps", "300", "--set", "run.checkpoint_every=1", "--set", "run.preview_every=0", "--set", "run.log_every=1"]
+        "--steps", "120", "--set", "run.checkpoint_every=1", "--set", "run.preview_every=0", "--set", "run.log_every=1"]
     result = []
     driver = threading.Thread(target=lambda: result.append(B.main(argv)))
     driver.start()
@@ -240,12 +229,12 @@ def test_a_killed_run_resumes_on_rerun(ray_local, tiny_sd_path, tmp_path):
     assert result == [1]
     assert rows_of(out)["a-purple-pyramid"]["error"] == "killed by SIGKILL"
     stopped_at = int(__import__("torch").load(run / "checkpoints" / "last.pt", weights_only=True)["step"])
-    assert 1 <= stopped_at < 300
+    assert 1 <= stopped_at < 120
     assert B.main(argv) == 0
     log = (out / "a-purple-pyramid.log").read_text()
     assert log.count("# dreamfield batch") == 2 and ": resume\n" in log.split("# dreamfield batch")[-1]
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(300))  # resumed from the checkpoint, lines after it rewritten once
+    assert steps == list(range(120))  # resumed from the checkpoint, lines after it rewritten once
     assert json.loads((run / "done.json").read_text())["status"] == "ok"
 
 
@@ -267,10 +256,12 @@ def test_ctrl_c_checkpoints_the_runs_and_exits_130(tiny_sd_path, tmp_path):
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 130, err
     assert not Path(f"/proc/{pid}").exists()
-    # generate got SIGINT (KeyboardInterrupt: its own clean stop), not a kill
-    assert "dreamfield: interrupted" in (out / "a-red-torus.log").read_text()
+    # generate got SIGINT and stopped on its own after checkpointing the step it was at, not a kill
+    log = (out / "a-red-torus.log").read_text()
+    m = re.search(r"dreamfield: interrupted \(SIGINT: stopped after step (\d+)", log)
+    assert m, log[-2000:]
+    assert int(__import__("torch").load(run / "checkpoints" / "last.pt", weights_only=True)["step"]) == int(m.group(1))
     assert rows_of(out)["a-red-torus"]["status"] == "interrupted"
-    assert 1 <= int(__import__("torch").load(run / "checkpoints" / "last.pt", weights_only=True)["step"]) < 2000
 
 
 # ---------------------------------------------------------------------------------------------- a two-node cluster
