@@ -31,7 +31,7 @@ class FieldConfig:
     kind: str = "grid"  # "grid" (dense voxel grid + tiny MLP; fast on CPU) or "hashgrid" (Instant-NGP)
     bound: float = 1.0  # the scene box is [-bound, bound]^3
     # dense grid
-    grid_resolution: int = 48  # voxels per side (48: less voxel noise under SDS than 64 on the toy prior)
+    grid_resolution: int = 48  # voxels per side (finer grids carry more voxel noise under SDS on the toy prior)
     grid_features: int = 8  # features per voxel (channel 0 is raw density); used by grid_decoder="mlp"
     grid_decoder: str = "direct"  # "direct" (3 sigmoid albedo channels; fastest) or "mlp" (features -> MLP)
     # hash grid (Instant-NGP, Mueller et al. 2022)
@@ -44,12 +44,11 @@ class FieldConfig:
     num_layers: int = 2
     # DreamFusion's density "blob": lambda * exp(-|x|^2 / (2 sigma^2)) added before the activation
     blob_density: float = 5.0
-    blob_radius: float = 0.5  # toy shapes reach ~0.5 from the centre; 0.2 let SDS shrink a cube to a cone
-    # "exp" (trunc_exp, DreamFusion's) or "softplus". With softplus the toy prior's fields stop at sigma ~ 3-5 after
-    # 600 steps: a translucent shell whose inner normals point inward and cancel the outer ones (dark, speckled
-    # shading; cubes come out round). exp makes the surface opaque. With exp, bias -2 starts from a dense ball
-    # (sigma 20 at the centre) that a cone kept and tori closed over (seed 0: 58 %); bias -4 starts faint
-    # (sigma 2.7). Seeds 0-3, 12 prompts each: exp/-4 85.4 % shape, IoU 0.70; softplus/-2 79.2 %, IoU 0.65 (README)
+    blob_radius: float = 0.5  # toy shapes reach ~0.5 from the centre; a smaller blob let SDS shrink cubes to cones
+    # "exp" (trunc_exp, DreamFusion's) or "softplus". softplus(raw) ~ raw, so within a run's steps the density stays
+    # low: a translucent shell whose inner normals point inward and cancel the outer ones (dark, speckled shading;
+    # cubes come out round). exp makes the surface opaque. The bias sets the start: a high one starts from a dense
+    # ball that cones keep and tori close over, a low one from a faint blob (docs/RESULTS.md, "Density activation").
     density_activation: str = "exp"
     density_bias: float = -4.0  # constant added to the raw density before the activation
     bounding_radius: float = 0.9  # density is zero outside this sphere; <= 0 disables
@@ -65,9 +64,8 @@ class CameraConfig:
     elevation: tuple[float, float] = (-10.0, 60.0)  # degrees, up from the xy-plane
     azimuth: tuple[float, float] = (-180.0, 180.0)  # degrees, 0 = looking from +x
     # progressive views: the azimuth span starts at azimuth_start_span degrees around the middle of `azimuth`
-    # and widens linearly to the whole range over azimuth_widen_steps steps (0 = the whole range at once).
-    # 60 degrees widening over 240 steps: chosen on a GPU sweep with the toy prior (6 of 8 cubes, cones, tori and
-    # pyramids right vs 4 of 8); on the CPU's 12-prompt evaluation it is within noise of 0 steps (README)
+    # and widens linearly to the whole range over azimuth_widen_steps steps (0 = the whole range at once): the
+    # front is shaped first, so the object does not average over yaws (docs/RESULTS.md, "Progressive views")
     azimuth_start_span: float = 60.0
     azimuth_widen_steps: int = 240
     fov: tuple[float, float] = (40.0, 50.0)  # vertical field of view, degrees
@@ -125,8 +123,8 @@ class GuidanceConfig:
     t_max_end: Optional[float] = 0.3  # anneal t_max linearly to this value; None = no annealing
     anneal_steps: int = 0  # steps over which t_max anneals (0 = the whole run)
     space: str = "image"  # "latent" (SDS through the VAE encoder, DreamFusion) or "image" (decoded x0 target, HiFA)
-    # image space: DDIM steps from t to the target's x0 (1 = the one-step estimate, HiFA). 4 gave the toy
-    # prior's true colours (1 step: orange -> red, yellow -> orange, purple -> blue) at 2x the step time.
+    # image space: DDIM steps from t to the target's x0 (1 = the one-step estimate, HiFA). The one-step mean
+    # blurs towards neighbouring colours; a few steps give a sharper sample of the prior near the render.
     denoise_steps: int = 4
     weighting: str = "sds"  # w(t): "sds" (1 - abar_t, threestudio), "uniform" (1), "snr_sqrt" (sqrt(abar_t (1 - abar_t)))
     grad_clip: Optional[float] = None  # clip |g| elementwise to this value (> 0); None = off
@@ -203,10 +201,9 @@ class SurfaceConfig:
 class ExportConfig:
     resolution: int = 0  # marching-cubes grid per side; 0 = 256 on CUDA, 128 on CPU
     # density level and a Gaussian blur (sigma, world units) of the density grid before marching cubes.
-    # SDS fields of the default config are grainy with a soft halo around a denser core (peak ~4-5): on 12
-    # toy runs (seed 0), level 2.6 after a 0.06 blur gave shape 83 % / IoU 0.63 (level 1, no blur: 33 % / 0.54;
-    # level 3 after a 0.04 blur: 92 % / 0.50): the halo inflates shapes at low levels, the core breaks up at high.
-    # None = min(5, mid-range). Imported meshes put their surface at 5 with a steep profile (edit.yaml: no blur).
+    # SDS fields are grainy with a soft halo around a denser core: the halo inflates shapes at low levels, the
+    # core breaks up at high ones (docs/RESULTS.md, "Export level"). None = min(5, mid-range). Imported meshes put
+    # their surface at 5 with a steep profile (the edit defaults: no blur).
     threshold: Optional[float] = 2.6
     density_blur: float = 0.06
     formats: list[str] = field(default_factory=lambda: ["glb"])
