@@ -38,7 +38,7 @@ def test_ddim_samples_show_the_prompt():
     z = sample(lambda x, t: prior.eps(x, t, emb, 7.5), (4, 4, prior.latent_size, prior.latent_size), prior.schedule,
                method="ddim", steps=25, generator=torch.Generator().manual_seed(0))
     shape, colour = clf.predict(prior.decode(z))
-    # measured: 4/4 cube, 4/4 red (eval_toy 2d over all pairs: 96 % shape, 97 % colour)
+    # 3 of 4 is the bar: a sample may miss; the prior's 2D accuracy over all pairs is in docs/RESULTS.md
     assert sum(SHAPES[i] == "cube" for i in shape.tolist()) >= 3
     assert sum(COLOUR_NAMES[i] == "red" for i in colour.tolist()) >= 3
 

@@ -35,9 +35,11 @@ minutes.
 
 Density profile. The field gets, at every grid point, a raw density that is linear in the signed
 distance to the surface near it, ``raw = act^-1(SURFACE_LEVEL) - slope * sdf`` (clamped; act the field's activation),
-so that (a) the exporter's default level (5 density units) lands on the mesh's surface to within
-interpolation error -- trilinear interpolation of a linear function is exact -- and (b) a ray
-meets an opaque solid within about one voxel of the surface, as in the toy renders.
+so that (a) the density level SURFACE_LEVEL (the exporter's DEFAULT_LEVEL, its level when
+``export.threshold`` is null) lands on the mesh's surface to within interpolation error -- trilinear
+interpolation of a linear function is exact; a lower export level lies outside it by
+(act^-1(5) - act^-1(level)) / slope -- and (b) a ray meets an opaque solid within about one voxel of the
+surface, as in the toy renders.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ Tensor = torch.Tensor
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
 DEFAULT_GREY = (0.6, 0.6, 0.6)  # albedo of a mesh that carries no colour
-SURFACE_LEVEL = 5.0  # density at the surface: the exporter's DEFAULT_LEVEL (export/mesh.py)
+SURFACE_LEVEL = 5.0  # density at the surface: the exporter's DEFAULT_LEVEL (export/mesh.py, threshold null)
 MAX_DENSITY = 50.0  # density deep inside: opaque within a voxel or two
 RAW_PER_VOXEL = 15.0  # slope of the raw density across the surface, per voxel (softplus: sigma ~ raw)
 # exp: raw = log sigma, so the clamp band [log 1e-4, log 50] is only 13 raw units wide; at 15 per voxel the
