@@ -44,7 +44,7 @@ from dreamfield.config import Config, load_config
 from dreamfield.device import resolve_device
 from dreamfield.distill.objectives import DDS
 from dreamfield.errors import UsageError, check_prompt
-from dreamfield.generate import open_prior, toy_prompt
+from dreamfield.generate import embed_once, open_prior, toy_prompt
 from dreamfield.export.video import image_grid
 from dreamfield.optimize import optimize
 from dreamfield.run import RunFolder, check_same_layout, export_run, find_run, load_run_scene, save_image, say
@@ -200,6 +200,7 @@ def run_edit(
         run.record_overrides(cfg)
     say(f"editing {source_prompt!r} -> {target_prompt!r} (dds) in {run.dir} on {device}")
     t0 = time.perf_counter()
+    embed_once(prior, cfg, target_prompt, source_prompt)
     objective = DDS(cfg, prior, target_prompt, src, source_prompt, edited)
     edited = optimize(cfg, run, objective, device, scene=edited, resume=bool(resume), progress=progress)
     run.write_timing(time.perf_counter() - t0)

@@ -18,10 +18,11 @@ import torch
 from dreamfield.checkpoint import load_checkpoint
 from dreamfield.config import Config, load_config
 from dreamfield.device import resolve_device, set_threads
-from dreamfield.distill.objectives import make_objective
+from dreamfield.distill.objectives import make_objective, step_texts
 from dreamfield.errors import UsageError, check_prompt
 from dreamfield.optimize import optimize
 from dreamfield.prior import load_prior
+from dreamfield.prior.diffusers_prior import DiffusersPrior
 from dreamfield.prior.interface import Prior
 from dreamfield.run import RunFolder, check_same_layout, export_run, say
 from dreamfield.surface import SURFACE_DIR, EikonalObjective, hand_over, make_surface_scene, stage_config
@@ -70,6 +71,14 @@ def open_prior(cfg: Config) -> tuple[torch.device, Prior]:
     return device, prior
 
 
+def embed_once(prior: Prior, cfg: Config, *prompts: str) -> None:
+    """Embed every text the run's steps can ask for, then move a diffusers prior's text encoder off the GPU
+    (the embeddings stay cached on the device)."""
+    prior.embed(step_texts(*prompts), cfg.prior.negative_prompt)
+    if isinstance(prior, DiffusersPrior):
+        prior.offload_text_encoder()
+
+
 def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False, export: bool = True,
                  progress: bool = True) -> Scene:
     """Optimise a scene for ``prompt`` into ``run`` (created here unless resuming), then export it."""
@@ -83,6 +92,7 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
         run.record_overrides(cfg)
         say(f"resuming {run.dir} " + (f"from {run.last}" if run.last.exists() else "from step 0 (no checkpoint yet)"))
     say(f"generating {prompt!r} in {run.dir} on {device}")
+    embed_once(prior, cfg, prompt)
     t0 = time.perf_counter()
     # the coarse density stage, then (surface.enabled) the surface stage; a run resumed inside the surface
     # stage skips the coarse one (its checkpoint is final)

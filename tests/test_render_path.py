@@ -36,3 +36,25 @@ def test_a_passing_probe_keeps_the_packed_path_and_the_cpu_never_probes(capsys):
     assert cfg.render.use_occupancy_grid and capsys.readouterr().err == ""
     packed_or_dense(cfg, torch.device("cpu"), lambda dev: (_ for _ in ()).throw(AssertionError("probed on CPU")))
     assert cfg.render.use_occupancy_grid
+
+
+def test_the_text_encoder_leaves_the_gpu_once_every_step_text_is_embedded(tiny_sd_path):
+    # On the CPU the encoder stays (nothing to free); what must hold everywhere: every text a step can ask for is
+    # cached before the loop, so the loop never runs the text encoder.
+    from dreamfield.distill.objectives import prompts_for, step_texts
+    from dreamfield.generate import embed_once
+    from dreamfield.prior import load_prior
+    from dreamfield.scene.cameras import sample_cameras
+
+    cfg = load_config([], [])
+    prior = load_prior(str(tiny_sd_path), "cpu")
+    embed_once(prior, cfg, "a red cube")
+    assert set(step_texts("a red cube")) <= set(prior._text_cache)
+    calls = []
+    real = prior._encode_text
+    prior._encode_text = lambda p: calls.append(p) or real(p)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):  # every view label the camera ranges reach, overhead included
+        cams = sample_cameras(cfg.camera, 8, gen, "cpu")
+        prior.embed(prompts_for("a red cube", cams, True), cfg.prior.negative_prompt)
+    assert calls == []

@@ -27,6 +27,8 @@ from dreamfield.distill.score import dds_grad, grad_to_loss, sds_grad, sds_image
 from dreamfield.distill.timesteps import sample_timesteps
 from dreamfield.prior.interface import Prior
 from dreamfield.prior.text import TextEmbedding, view_prompt
+
+VIEW_LABELS = ("front", "side", "back", "overhead")  # what view_label returns
 from dreamfield.scene.cameras import Cameras
 from dreamfield.scene.render import RenderOut
 from dreamfield.scene.scene import Scene
@@ -49,6 +51,11 @@ class Term:
     pull: Tensor  # (B, ...) logged as its norm
     t: Tensor  # (B,) the step's timesteps
     extra: tuple[tuple[str, Tensor], ...] = ()
+
+
+def step_texts(*prompts: str) -> list[str]:
+    """Every text a step can embed for these prompts: each bare and with each view suffix."""
+    return [t for p in prompts for t in (p, *(f"{p}, {v} view" for v in VIEW_LABELS))]
 
 
 def prompts_for(prompt: str, cams: Cameras, view_dependent: bool) -> list[str]:

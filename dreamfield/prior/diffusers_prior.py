@@ -258,7 +258,15 @@ class DiffusersPrior:
             truncation=True,
             return_tensors="pt",
         )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+        encoder_device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(tokens.input_ids.to(encoder_device))[0].to(self.device)
+
+    def offload_text_encoder(self) -> None:
+        """Move the text encoder to the CPU once the run's prompts are embedded (they stay cached on the
+        device): on a GPU it frees its memory for the scene; a prompt not cached yet is still encoded, on the CPU."""
+        if self.device.type != "cpu":
+            self.text_encoder.to("cpu", torch.float32)
+            torch.cuda.empty_cache()
 
     def embed(self, prompts: list[str], negative: str = "") -> TextEmbedding:
         """Text embeddings for ``prompts`` (B of them) and the ``negative`` prompt, cached by prompt text.
