@@ -259,7 +259,7 @@ class DiffusersPrior:
             return_tensors="pt",
         )
         encoder_device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(tokens.input_ids.to(encoder_device))[0].to(self.device)
+        return self.text_encoder(tokens.input_ids.to(encoder_device))[0].to(self.device, self.dtype)
 
     def offload_text_encoder(self) -> None:
         """Move the text encoder to the CPU once the run's prompts are embedded (they stay cached on the
