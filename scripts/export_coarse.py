@@ -40,9 +40,10 @@ def export_coarse(run: Path) -> Path:
         print(f"{run}: no coarse mesh ({exc})")
     export_s = time.perf_counter() - t0
     shutil.copy(run / "prompt.json", out / "prompt.json")
-    timing = json.loads((run / "timing.json").read_text())
-    coarse = {"optimize_seconds": timing.get("coarse_optimize_seconds"), "export_seconds": export_s}
-    write_text(out / "timing.json", json.dumps(coarse) + "\n")
+    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
+    if timing.get("coarse_optimize_seconds") is not None:  # runs of an older generate did not record it
+        coarse = {"optimize_seconds": timing["coarse_optimize_seconds"], "export_seconds": export_s}
+        write_text(out / "timing.json", json.dumps(coarse) + "\n")
     return out
 
 
