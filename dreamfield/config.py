@@ -98,7 +98,7 @@ class RenderConfig:
     diffuse: float = 0.65
     background: str = "constant"  # "constant" or "mlp"
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    chunk: int = 65536  # rays per chunk for large renders (previews, export)
+    chunk: int = 4194304  # samples per field call in a render (rays per chunk = chunk // n_samples): bounds memory
 
 
 @dataclass

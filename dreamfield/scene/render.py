@@ -265,7 +265,9 @@ def render_rays(
     stratified: bool = True,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Render flat rays origins, directions (unit), light_pos: (N, 3), chunked over cfg.chunk rays.
+    """Render flat rays origins, directions (unit), light_pos: (N, 3), in chunks of cfg.chunk // cfg.n_samples
+    rays (cfg.chunk bounds the samples one field call sees: a large preview, video frame or export render
+    costs the memory of one chunk, whatever its size).
 
     The scene box is [-bound, bound]^3; samples farther than ``radius`` from the origin are skipped
     when radius > 0 (a field that is zero outside its bounding sphere). See :func:`render`.
@@ -276,8 +278,9 @@ def render_rays(
     check_shading(shading)
     packed = occupancy is not None and origins.is_cuda
     parts = []
-    for start in range(0, origins.shape[0], max(cfg.chunk, 1)):
-        sl = slice(start, start + max(cfg.chunk, 1))
+    rays = max(cfg.chunk // cfg.n_samples, 1)
+    for start in range(0, origins.shape[0], rays):
+        sl = slice(start, start + rays)
         o, d, lp = origins[sl], directions[sl], light_pos[sl]
         if packed:
             assert occupancy is not None
