@@ -52,6 +52,10 @@ class BatchInputError(ValueError):
     """A bad prompts file, option or output folder (one line; the batch does not start)."""
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster of --address cannot be joined (one line)."""
+
+
 class RunFolderError(RuntimeError):
     """A run folder that the batch must not touch (it holds another prompt's run)."""
 
@@ -544,7 +548,14 @@ def ray_session(address: Optional[str], num_cpus: int) -> Iterator[None]:
         yield
         return
     if address is not None:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, its own errors; the user gets one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                "; a cluster started by `ray start` checks a token: set RAY_AUTH_MODE=token"
+                " (with ~/.ray/auth_token of the cluster on this machine)")
+            raise ClusterError(f"--address {address}: cannot join the Ray cluster ({first}){hint}") from None
     else:
         # "local": a new Ray on this machine even where `ray start` left one running
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,

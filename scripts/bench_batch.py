@@ -14,6 +14,7 @@ Prints the walls, their ratio and the overhead figures, names the machine, and w
 Wall times on a shared machine move with its load; the load average is printed beside them.
 
 Usage: nice python scripts/bench_batch.py [--steps 60] [--jobs 2] [--out outputs/bench_batch]
+       [--parts overhead,batch,sequential] [--seq-threads T] [--seq-prompts N]
 """
 
 from __future__ import annotations
@@ -45,12 +46,12 @@ from dreamfield.batch import (  # noqa: E402
 PROMPTS = ("a red cube", "a green sphere", "a blue cylinder", "a orange cone", "a yellow torus", "a purple pyramid")
 
 
-def sequential(out: Path, steps: int, threads: int) -> tuple[float, list[float]]:
-    """The six prompts one after another, ``threads`` torch threads each. Returns (total wall, run walls)."""
+def sequential(out: Path, steps: int, threads: int, n: int) -> tuple[float, list[float]]:
+    """The first n prompts one after another, ``threads`` torch threads each. Returns (total wall, run walls)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     walls = []
     t0 = time.perf_counter()
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[:n]:
         cmd = [*dreamfield_command(), "generate", prompt, "--out", str(out / slugify(prompt)), "--steps", str(steps),
                "--quiet", "--set", f"run.threads={threads}"]
         t1 = time.perf_counter()
@@ -103,36 +104,46 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at once in the batch")
     p.add_argument("--out", default="outputs/bench_batch")
     p.add_argument("--noop", type=int, default=20, help="no-op tasks for the per-task overhead")
+    p.add_argument("--parts", default="overhead,batch,sequential", help="which measurements, comma-separated")
+    p.add_argument("--seq-threads", type=int, default=None, help="threads of each sequential run (default: the cores)")
+    p.add_argument("--seq-prompts", type=int, default=len(PROMPTS), help="prompts run one after another (<= 6)")
     a = p.parse_args(argv)
+    parts = set(a.parts.split(","))
     cores = os.cpu_count() or 1
     threads = max(1, cores // a.jobs)
+    seq_threads = a.seq_threads or cores
     out = Path(a.out)
-    if out.exists():
-        shutil.rmtree(out)
-    for sub in ("sequential", "batch", "noop"):
-        (out / sub).mkdir(parents=True)
     machine = f"{platform.node()}: {cores} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
     print(f"machine {machine}; load average {os.getloadavg()}")
-    print(f"6 toy prompts, embedded prior, --steps {a.steps}, export included; {cores} threads in total")
-
-    over = ray_overhead(out / "noop", a.noop, cores)
-    print(f"ray: start {over['ray_start_s']} s, stop {over['ray_stop_s']} s; per task {over['per_task_overhead_s']} s "
-          f"({a.noop} no-op tasks {over['batch_noop_s']} s vs the same subprocesses directly {over['direct_noop_s']} s)")
-    t_batch, rows = batched(out / "batch", a.steps, a.jobs, threads)
-    run_walls = ", ".join(f"{r['wall_seconds']:.0f}" for r in rows)
-    print(f"batch      --jobs {a.jobs} --threads-per-run {threads}: {t_batch:.1f} s "
-          f"(runs {run_walls} s); load {os.getloadavg()}")
-    t_seq, walls = sequential(out / "sequential", a.steps, cores)
-    seq_walls = ", ".join(f"{w:.0f}" for w in walls)
-    print(f"sequential run.threads={cores}: {t_seq:.1f} s (runs {seq_walls} s); "
-          f"load {os.getloadavg()}")
-    overhead = over["ray_start_s"] + over["ray_stop_s"] + len(PROMPTS) * over["per_task_overhead_s"]
-    print(f"sequential / batch = {t_seq / t_batch:.2f}; Ray's share of the batch: {overhead:.1f} s "
-          f"(start + stop + 6 tasks) of {t_batch:.1f} s")
-    result = {"machine": machine, "steps": a.steps, "jobs": a.jobs, "threads_per_run": threads, "batch_s": round(t_batch, 1),
-              "batch_run_s": [r["wall_seconds"] for r in rows], "sequential_s": round(t_seq, 1),
-              "sequential_run_s": [round(w, 1) for w in walls], "speedup": round(t_seq / t_batch, 3),
-              "ray_overhead_s": round(overhead, 2), **over}
+    print(f"toy prompts, embedded prior, --steps {a.steps}, export included")
+    result = {"machine": machine, "steps": a.steps}
+    for part in ("overhead", "batch", "sequential"):
+        if part in parts:
+            shutil.rmtree(out / part, ignore_errors=True)
+            (out / part).mkdir(parents=True)
+    if "overhead" in parts:
+        over = ray_overhead(out / "overhead", a.noop, cores)
+        print(f"ray: start {over['ray_start_s']} s, stop {over['ray_stop_s']} s; per task {over['per_task_overhead_s']} s "
+              f"({a.noop} no-op tasks {over['batch_noop_s']} s vs the same subprocesses directly {over['direct_noop_s']} s)")
+        result.update(over, ray_overhead_6_tasks_s=round(over["ray_start_s"] + over["ray_stop_s"]
+                                                         + len(PROMPTS) * over["per_task_overhead_s"], 2))
+    if "batch" in parts:
+        t_batch, rows = batched(out / "batch", a.steps, a.jobs, threads)
+        run_walls = ", ".join(f"{r['wall_seconds']:.0f}" for r in rows)
+        print(f"batch      6 prompts, --jobs {a.jobs} --threads-per-run {threads}: {t_batch:.1f} s, {t_batch / 6:.1f} s per "
+              f"prompt (runs {run_walls} s); load {os.getloadavg()}")
+        result.update(jobs=a.jobs, threads_per_run=threads, batch_s=round(t_batch, 1),
+                      batch_run_s=[r["wall_seconds"] for r in rows])
+    if "sequential" in parts:
+        t_seq, walls = sequential(out / "sequential", a.steps, seq_threads, a.seq_prompts)
+        seq_walls = ", ".join(f"{w:.0f}" for w in walls)
+        print(f"sequential {a.seq_prompts} prompts, run.threads={seq_threads}: {t_seq:.1f} s, {t_seq / a.seq_prompts:.1f} s "
+              f"per prompt (runs {seq_walls} s); load {os.getloadavg()}")
+        result.update(seq_threads=seq_threads, sequential_s=round(t_seq, 1), sequential_run_s=[round(w, 1) for w in walls])
+    if "batch_s" in result and "sequential_s" in result:
+        ratio = (result["sequential_s"] / a.seq_prompts) / (result["batch_s"] / 6)
+        print(f"per prompt: sequential / batch = {ratio:.2f}")
+        result["speedup_per_prompt"] = round(ratio, 3)
     (out / "bench_batch.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out / 'bench_batch.json'}")
     return 0

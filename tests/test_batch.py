@@ -79,6 +79,7 @@ def test_bad_input_is_a_one_line_error_with_status_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optim.lr_densty" in err[0] and not (tmp_path / "o").exists()
     assert B.main([str(p), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    capsys.readouterr()
 
 
 def test_how_a_stopped_run_folder_restarts(tmp_path):
@@ -215,6 +216,7 @@ def generate_pid(run: Path, timeout: float = 240.0) -> int:
     raise AssertionError(f"no generate process with a checkpoint in {run}")
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_on_rerun(ray_local, tiny_sd_path, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a purple pyramid\n")
