@@ -425,9 +425,10 @@ def _card(out_dir: Path, r: dict) -> str:
     meta = [f'<span class="status {html.escape(r["status"])}">{html.escape(r["status"])}</span>']
     if seconds is not None:
         meta.append(f"{float(seconds):.0f} s")
-    if r.get("toy_shape_pred") is not None or r.get("toy_iou") is not None:
-        meta.append(f"toy: {html.escape(str(r.get('toy_shape_pred')))} / {html.escape(str(r.get('toy_colour_pred')))}"
-                    f", IoU {r.get('toy_iou')}")
+    if r.get("toy_iou") is not None:
+        mark = lambda ok: "&#10003;" if ok else "&#10007;"  # noqa: E731  (check mark, cross)
+        meta.append(f"toy: shape {html.escape(str(r.get('toy_shape_pred')))} {mark(r.get('toy_shape_ok'))}, colour "
+                    f"{html.escape(str(r.get('toy_colour_pred')))} {mark(r.get('toy_colour_ok'))}, IoU {r['toy_iou']:.2f}")
     meta.append(f'<a href="{quote(slug)}.log">log</a>')
     error = f'<div class="error">{html.escape(r["error"])}</div>' if r.get("error") else ""
     return (f'<div class="card" data-slug="{html.escape(slug)}" data-status="{html.escape(r["status"])}">'
