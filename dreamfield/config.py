@@ -98,7 +98,7 @@ class RenderConfig:
     diffuse: float = 0.65
     background: str = "constant"  # "constant" or "mlp"
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    chunk: int = 4194304  # samples per field call in a render (rays per chunk = chunk // n_samples): bounds memory
+    chunk_samples: int = 4194304  # samples per field call in a render (rays per chunk = this // n_samples): bounds memory
 
 
 @dataclass
@@ -328,12 +328,16 @@ RETIRED_KEYS = {
 
 def _drop_retired(loaded: Any, path: Path) -> None:
     """Remove RETIRED_KEYS from a loaded YAML mapping (in place); a coarse_to_fine section that was
-    enabled did change its run, so it is refused rather than dropped."""
+    enabled did change its run, so it is refused rather than dropped. render.chunk (rays per chunk) becomes
+    render.chunk_samples with the same rays per chunk."""
     if not isinstance(loaded, DictConfig):
         return
     c2f = loaded.get("coarse_to_fine")
     if isinstance(c2f, DictConfig) and c2f.get("enabled", False):
         raise ConfigError(f"{path}: coarse_to_fine was removed; set render.resolution instead")
+    render = loaded.get("render")
+    if isinstance(render, DictConfig) and "chunk" in render:  # rays per chunk, before chunk_samples
+        render["chunk_samples"] = int(render.pop("chunk")) * int(render.get("n_samples", RenderConfig.n_samples))
     for section, keys in RETIRED_KEYS.items():
         node = loaded.get(section)
         if section == "coarse_to_fine":
@@ -446,7 +450,7 @@ def validate(cfg: Config) -> None:
          (r.p_albedo, r.p_lambertian, r.p_textureless))
     need(all(0 <= c <= 1 for c in r.background_color), "render.background_color", "three values in [0, 1]",
          r.background_color)
-    at_least(1, "render.occ_resolution", "render.occ_update_every", "render.chunk")
+    at_least(1, "render.occ_resolution", "render.occ_update_every", "render.chunk_samples")
     at_least(0, "render.render_step_size", strict=True)
     need(0 <= r.early_stop_eps < 1, "render.early_stop_eps", "in [0, 1)", r.early_stop_eps)
     # the prior and the distillation

@@ -111,13 +111,16 @@ def optimize(
         run.truncate_metrics(0)
     total, res = cfg.optim.steps, cfg.render.resolution
 
+    guard = FiniteGuard(optimizer, run, defer=device.type != "cpu")
     bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, desc="dreamfield", unit="it")
     t_last = t_ckpt = time.perf_counter()
     with StopSignals() as stop:
         for step in bar:
             # 1. cameras and shading for this step (views widen from the front over the first steps)
-            cams = sample_cameras(cfg.camera, cfg.guidance.batch_size, generator, device, azimuth_range_at(cfg.camera, step))
-            view = View(cams, choose_shading(cfg.render, generator), res)
+            azimuth = azimuth_range_at(cfg.camera, step)
+            host = sample_cameras(cfg.camera, cfg.guidance.batch_size, generator, "cpu", azimuth)
+            cams = host.to(device)
+            view = View(cams, choose_shading(cfg.render, generator), res, host)
 
             # 2. render the scene
             if occupancy is not None:
@@ -147,23 +150,27 @@ def optimize(
             # 5. optimiser step, accepted only when the loss, the gradients and the new parameters are finite
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            _check_finite(step, loss, term, reg, optimizer, run, "before")
+            guard.before_step(step, loss, term, reg)
             optimizer.step()
-            _check_finite(step, loss, term, reg, optimizer, run, "after")
+            guard.after_step(step)
             done = step + 1
 
             # 6. log (host syncs only on logged steps), preview, checkpoint (every K steps, every few seconds, on a signal)
             now = time.perf_counter()
             step_seconds, t_last = now - t_last, now
-            if step % cfg.run.log_every == 0 or done == total:
+            periodic = cfg.run.checkpoint_every > 0 and done % cfg.run.checkpoint_every == 0
+            timely = cfg.run.checkpoint_seconds > 0 and now - t_ckpt >= cfg.run.checkpoint_seconds
+            saving = periodic or timely or done == total or stop.received
+            logging = step % cfg.run.log_every == 0 or done == total
+            if saving or logging:
+                guard.confirm(step)  # on CUDA the finiteness flags are read here, not at every step
+            if logging:
                 rec = _record(step, loss, term, reg, view, step_seconds)
                 run.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4g}", t=rec["t"], opac=f"{rec['opacity']:.3f}")
             if cfg.run.preview_every > 0 and (done % cfg.run.preview_every == 0 or done == total):
                 run.preview(cfg, scene, done, occupancy)
-            periodic = cfg.run.checkpoint_every > 0 and done % cfg.run.checkpoint_every == 0
-            timely = cfg.run.checkpoint_seconds > 0 and now - t_ckpt >= cfg.run.checkpoint_seconds
-            if periodic or timely or done == total or stop.received:
+            if saving:
                 run.checkpoint(_state(done, scene, optimizer, occupancy, generator), periodic)
                 t_ckpt = time.perf_counter()
             if stop.received:
@@ -175,23 +182,61 @@ def optimize(
     return scene
 
 
-def _check_finite(step: int, loss, term: Term, reg: dict, optimizer, run: RunFolder, when: str) -> None:
-    """Stop with one line naming the step, what broke and the last good checkpoint: ``before`` the Adam step
-    the loss terms and the gradients are checked, ``after`` it the parameters."""
-    if when == "before":
-        if bool(torch.isfinite(loss)):
-            named = [(g.get("name", f"group {k}"), p.grad) for k, g in enumerate(optimizer.param_groups)
-                     for p in g["params"] if p.grad is not None]
-            what = "gradient of the {} parameters"
-        else:
-            named = [("distillation term", term.loss)] + list(reg.items()) + list(term.extra)
-            what = "{} of the loss"
-    else:
-        named = [(g.get("name", f"group {k}"), p) for k, g in enumerate(optimizer.param_groups) for p in g["params"]]
-        what = "{} parameters after the Adam step (lower the learning rates)"
-    for name, value in named:
-        if not bool(torch.isfinite(value).all()):
-            raise NonFiniteLossError(f"non-finite {what.format(name)} at step {step}; {_last_good(run)}")
+class FiniteGuard:
+    """A step is accepted only with a finite loss, finite gradients and finite new parameters; otherwise the run
+    stops with one line naming the step, what broke and the last good checkpoint.
+
+    On the CPU every step is checked before and after the Adam step (a check is free there). On a GPU
+    (``defer``) reading a flag would stall the device every step, so the flags stay on the device: a step whose
+    loss or gradients are not finite has its gradients zeroed before the Adam step (the parameters stay
+    finite), and :meth:`confirm`, called before every log line and checkpoint, reads the flags and stops the
+    run naming the range of steps. No checkpoint ever holds a non-finite field.
+    """
+
+    def __init__(self, optimizer, run: RunFolder, defer: bool) -> None:
+        self.optimizer, self.run, self.defer = optimizer, run, defer
+        self.bad: Optional[torch.Tensor] = None  # deferred: steps since the last confirm with a bad loss/gradient
+        self.first = 0  # deferred: the first step since the last confirm
+
+    def _params(self) -> list[tuple[str, torch.Tensor]]:
+        return [(g.get("name", f"group {k}"), p) for k, g in enumerate(self.optimizer.param_groups) for p in g["params"]]
+
+    def before_step(self, step: int, loss, term: Term, reg: dict) -> None:
+        grads = [(name, p.grad) for name, p in self._params() if p.grad is not None]
+        if self.defer:
+            ok = torch.stack([torch.isfinite(loss)] + [torch.isfinite(g).all() for _, g in grads]).all()
+            for _, g in grads:
+                g.copy_(torch.where(ok, g, torch.zeros_like(g)))
+            self.bad = (~ok).long() if self.bad is None else self.bad + (~ok).long()
+            return
+        if not bool(torch.isfinite(loss)):
+            parts = [("distillation term", term.loss)] + list(reg.items()) + list(term.extra)
+            name = next((n for n, v in parts if not bool(torch.isfinite(v).all())), "sum")
+            self._stop(f"non-finite {name} of the loss at step {step}")
+        for name, g in grads:
+            if not bool(torch.isfinite(g).all()):
+                self._stop(f"non-finite gradient of the {name} parameters at step {step}")
+
+    def after_step(self, step: int) -> None:
+        if not self.defer:
+            self._check_params(f"at step {step}")
+
+    def confirm(self, step: int) -> None:
+        if not self.defer:
+            return
+        if self.bad is not None and int(self.bad) > 0:
+            self._stop(f"{int(self.bad)} step(s) with a non-finite loss or gradient between steps {self.first} and "
+                       f"{step} (their updates were skipped)")
+        self._check_params(f"between steps {self.first} and {step}")
+        self.bad, self.first = None, step + 1
+
+    def _check_params(self, when: str) -> None:
+        for name, p in self._params():
+            if not bool(torch.isfinite(p).all()):
+                self._stop(f"non-finite {name} parameters after the Adam step {when} (lower the learning rates)")
+
+    def _stop(self, what: str) -> None:
+        raise NonFiniteLossError(f"{what}; {_last_good(self.run)}")
 
 
 def _last_good(run: RunFolder) -> str:

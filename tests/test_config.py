@@ -79,3 +79,13 @@ def test_bad_file_errors(tmp_path):
     broken.write_text("optim: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config([broken])
+
+
+def test_a_saved_run_with_rays_per_chunk_keeps_its_chunks(tmp_path):
+    # render.chunk (rays) of earlier runs becomes render.chunk_samples with the same rays per chunk
+    old = tmp_path / "config.yaml"
+    old.write_text("render:\n  n_samples: 64\n  chunk: 65536\n")
+    cfg = load_config([old])
+    assert cfg.render.chunk_samples == 65536 * 64 and cfg.render.chunk_samples // cfg.render.n_samples == 65536
+    with pytest.raises(ConfigError, match="render.chunk"):
+        load_config([], ["render.chunk=100"])  # given now, the old key is unknown like any other

@@ -112,3 +112,41 @@ def test_progressive_views_in_the_loop(tmp_path, monkeypatch):
     assert max(drawn[8:]) > 150.0  # the whole circle after widening (16 x 32 draws)
     assert {p.rsplit(", ", 1)[1] for p in prompts[0]} <= {"front view", "overhead view"}
     assert any(p.endswith("back view") for batch in prompts[8:] for p in batch)
+
+
+def test_deferred_finiteness_checks_skip_bad_updates_and_stop_at_the_next_confirm(tmp_path):
+    # the GPU policy, exercised on the CPU: no flag is read per step; a NaN gradient's update is skipped (the
+    # parameters stay finite), and the next confirm (before a log line or checkpoint) stops the run
+    from dreamfield.distill.objectives import Term
+    from dreamfield.distill.score import NonFiniteError
+    from dreamfield.optimize import FiniteGuard
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([{"params": [w], "lr": 0.1, "name": "density"}])
+    guard = FiniteGuard(opt, RunFolder(tmp_path), defer=True)
+    for step, scale in enumerate([1.0, float("nan"), 1.0]):
+        opt.zero_grad()
+        loss = (w * scale).sum()
+        loss.backward()
+        guard.before_step(step, loss, Term(loss, w.detach(), torch.zeros(1, dtype=torch.long)), {})
+        opt.step()
+        guard.after_step(step)
+        assert torch.isfinite(w).all()
+    with pytest.raises(NonFiniteError, match="1 step.*between steps 0 and 2"):
+        guard.confirm(2)
+    guard.bad = None
+    guard.confirm(3)  # nothing bad since: no error
+
+
+def test_immediate_finiteness_checks_name_the_term(tmp_path):
+    from dreamfield.distill.objectives import Term
+    from dreamfield.distill.score import NonFiniteError
+    from dreamfield.optimize import FiniteGuard
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([{"params": [w], "lr": 0.1, "name": "density"}])
+    guard = FiniteGuard(opt, RunFolder(tmp_path), defer=False)
+    good = (w * 2).sum()
+    bad = torch.tensor(float("inf"))
+    with pytest.raises(NonFiniteError, match="non-finite opacity of the loss at step 7.*no checkpoint"):
+        guard.before_step(7, good + bad, Term(good, w.detach(), torch.zeros(1, dtype=torch.long)), {"opacity": bad})

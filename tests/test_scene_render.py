@@ -354,16 +354,16 @@ def test_chunking_gives_the_same_image():
     cams = look_at(torch.tensor([0.0, 200.0]), 30.0, 1.8, 45.0)
     with torch.no_grad():
         whole = render(field, cams, 12, 12, RenderConfig(n_samples=16), make_background(RenderConfig()))
-        parts = render(field, cams, 12, 12, RenderConfig(n_samples=16, chunk=50 * 16), make_background(RenderConfig()))
+        parts = render(field, cams, 12, 12, RenderConfig(n_samples=16, chunk_samples=50 * 16), make_background(RenderConfig()))
     for k in ("rgb", "opacity", "depth", "normal", "albedo"):
         assert torch.allclose(getattr(whole, k), getattr(parts, k), atol=1e-6), k
     assert whole.rgb.shape == (2, 3, 12, 12) and whole.opacity.shape == (2, 1, 12, 12)
-    # render.chunk bounds the samples of one field call (50 rays x 16 samples here), whatever the image size
+    # render.chunk_samples bounds the samples of one field call (50 rays x 16 samples here), whatever the image size
     sizes = []
     real = field.forward
     field.forward = lambda x: sizes.append(x.shape[0]) or real(x)
     with torch.no_grad():
-        render(field, cams, 12, 12, RenderConfig(n_samples=16, chunk=50 * 16), make_background(RenderConfig()))
+        render(field, cams, 12, 12, RenderConfig(n_samples=16, chunk_samples=50 * 16), make_background(RenderConfig()))
     assert len(sizes) == -(-2 * 12 * 12 // 50) and max(sizes) <= 50 * 16
 
 

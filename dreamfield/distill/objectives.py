@@ -36,11 +36,13 @@ from dreamfield.scene.scene import Scene
 
 @dataclass(frozen=True)
 class View:
-    """What one step rendered: the cameras, their shading and the render size."""
+    """What one step rendered: the cameras (on the scene's device, and their host copy, which the view
+    prompts read without waiting for the GPU), their shading and the render size."""
 
     cams: Cameras
     shading: str
     resolution: int
+    host_cams: Cameras
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class _Distill:
         cfg = self.cfg
         t = sample_timesteps(z.shape[0], step, cfg.optim.steps, cfg.guidance, self.prior.schedule.num_train_timesteps,
                              generator, z.device)
-        noise = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)
+        noise = torch.randn(z.shape, generator=generator).to(z.device, z.dtype, non_blocking=True)
         return t, noise
 
     def _text(self, prompt: str, cams: Cameras) -> TextEmbedding:
@@ -90,7 +92,7 @@ class LatentSDS(_Distill):
         g_cfg = self.cfg.guidance
         z = self.prior.encode(out.rgb)  # (B, C, h, w), differentiable in the render
         t, noise = self._noise(z, step, generator)
-        text = self._text(self.prompt, view.cams)
+        text = self._text(self.prompt, view.host_cams)
         g = sds_grad(self.prior, z, text, t, noise, self.cfg.prior.guidance_scale, g_cfg.weighting, g_cfg.grad_clip,
                      step=step)
         return Term(grad_to_loss(z, g), g, t)
@@ -104,7 +106,7 @@ class ImageSDS(_Distill):
         with torch.no_grad():
             z = self.prior.encode(out.rgb)  # the loss lives on the image: no graph through the encoder
         t, noise = self._noise(z, step, generator)
-        text = self._text(self.prompt, view.cams)
+        text = self._text(self.prompt, view.host_cams)
         target = sds_image_target(self.prior, z, text, t, noise, self.cfg.prior.guidance_scale, step=step,
                                   denoise_steps=self.cfg.guidance.denoise_steps)
         if target.shape[-2:] != out.rgb.shape[-2:]:  # (B, 3, S, S) at the prior's size -> the render's size
@@ -138,12 +140,12 @@ class DDS(_Distill):
         cfg = self.cfg
         z = self.prior.encode(out.rgb)
         t, noise = self._noise(z, step, generator)
-        text = self._text(self.prompt, view.cams)
+        text = self._text(self.prompt, view.host_cams)
         with torch.no_grad():
             res = view.resolution
             src_out = self.source.render(view.cams, res, res, cfg.render, view.shading, stratified=False)
             z_src = self.prior.encode(src_out.rgb)
-        source_text = self._text(self.source_prompt, view.cams)
+        source_text = self._text(self.source_prompt, view.host_cams)
         g = dds_grad(self.prior, z, z_src, text, source_text, t, noise, cfg.prior.guidance_scale,
                      cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
         extra = []
@@ -155,7 +157,7 @@ class DDS(_Distill):
 
     def _anchor(self, generator: torch.Generator, device: torch.device) -> Tensor:
         bound = self.cfg.field.bound
-        x = ((torch.rand(self.cfg.edit.anchor_points, 3, generator=generator) * 2 - 1) * bound).to(device)
+        x = ((torch.rand(self.cfg.edit.anchor_points, 3, generator=generator) * 2 - 1) * bound).to(device, non_blocking=True)
         with torch.no_grad():
             sigma_src = self.source.field.density(x)
         return torch.mean((torch.log1p(self.edited.field.density(x)) - torch.log1p(sigma_src)) ** 2)

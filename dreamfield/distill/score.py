@@ -32,7 +32,9 @@ def _check(z: Tensor, t: Tensor, noise: Tensor, guidance_scale: float, grad_clip
         raise ValueError(f"latents {tuple(z.shape)} and noise {tuple(noise.shape)} must have the same shape")
     if t.ndim != 1 or t.shape[0] != z.shape[0] or t.dtype != torch.long:
         raise ValueError(f"t must be a LongTensor of shape ({z.shape[0]},), got {t.dtype} {tuple(t.shape)}")
-    if bool((t < 0).any()) or bool((t >= T).any()):
+    # reading a GPU tensor's values waits for the GPU: the range is checked where t lives on the host (the loop's
+    # sample_timesteps draws t in range by construction)
+    if t.device.type == "cpu" and (bool((t < 0).any()) or bool((t >= T).any())):
         raise ValueError(f"timesteps must lie in [0, {T - 1}], got {t.tolist()}")
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
@@ -43,8 +45,9 @@ def _check(z: Tensor, t: Tensor, noise: Tensor, guidance_scale: float, grad_clip
 def _finish(
     g: Tensor, grad_clip: float | None, what: str, t: Tensor, step: int | None, inputs: dict[str, Tensor]
 ) -> Tensor:
-    """Clip elementwise to [-grad_clip, grad_clip] (when set) and refuse a non-finite gradient."""
-    if not bool(torch.isfinite(g).all()):
+    """Clip elementwise to [-grad_clip, grad_clip] (when set) and refuse a non-finite gradient (on the host; on a
+    GPU the loop's FiniteGuard reads the finiteness flags on its own schedule instead of stalling every step)."""
+    if g.device.type == "cpu" and not bool(torch.isfinite(g).all()):
         bad = int((~torch.isfinite(g)).sum())
         sources = ", ".join(f"{k} finite: {bool(torch.isfinite(v).all())}" for k, v in inputs.items())
         at = f"step {step}, " if step is not None else ""

@@ -61,7 +61,7 @@ def sample_timesteps(
     lo, hi = timestep_range(step, total_steps, cfg, T)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     t = torch.randint(lo, hi + 1, (batch,), generator=generator, device=gen_device)
-    return t.to(device)
+    return t.to(device, non_blocking=True)
 
 
 def weight(schedule: NoiseSchedule, t: Tensor, kind: str) -> Tensor:

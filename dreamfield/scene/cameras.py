@@ -59,7 +59,8 @@ class Cameras:
         return self.c2w.device
 
     def to(self, device: torch.device | str) -> "Cameras":
-        return Cameras(*(t.to(device) for t in self._tensors()))
+        """The same cameras on ``device`` (host -> GPU copies do not wait for the GPU: non_blocking)."""
+        return Cameras(*(t.to(device, non_blocking=True) for t in self._tensors()))
 
     def __getitem__(self, index: int | slice) -> "Cameras":
         """A sub-batch; an int index keeps the batch dimension (B = 1)."""

@@ -188,7 +188,7 @@ def _render_dense(
     t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     if stratified:
         gdev = generator.device if generator is not None else o.device
-        u = torch.rand(n, s, generator=generator, device=gdev, dtype=o.dtype).to(o.device)
+        u = torch.rand(n, s, generator=generator, device=gdev, dtype=o.dtype).to(o.device, non_blocking=True)
     else:
         u = torch.full((n, s), 0.5, device=o.device, dtype=o.dtype)
     t = t_starts + u * (t_ends - t_starts)  # (N, S) sample positions
@@ -265,8 +265,8 @@ def render_rays(
     stratified: bool = True,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Render flat rays origins, directions (unit), light_pos: (N, 3), in chunks of cfg.chunk // cfg.n_samples
-    rays (cfg.chunk bounds the samples one field call sees: a large preview, video frame or export render
+    """Render flat rays origins, directions (unit), light_pos: (N, 3), in chunks of cfg.chunk_samples //
+    cfg.n_samples rays (cfg.chunk_samples bounds the samples one field call sees: a large preview, video frame or export render
     costs the memory of one chunk, whatever its size).
 
     The scene box is [-bound, bound]^3; samples farther than ``radius`` from the origin are skipped
@@ -278,7 +278,7 @@ def render_rays(
     check_shading(shading)
     packed = occupancy is not None and origins.is_cuda
     parts = []
-    rays = max(cfg.chunk // cfg.n_samples, 1)
+    rays = max(cfg.chunk_samples // cfg.n_samples, 1)
     for start in range(0, origins.shape[0], rays):
         sl = slice(start, start + rays)
         o, d, lp = origins[sl], directions[sl], light_pos[sl]
