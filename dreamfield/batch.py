@@ -758,26 +758,3 @@ def cmd_batch(args) -> int:
     told = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     _say(f"dreamfield: batch: {told}; gallery {out / 'index.html'}")
     return result.exit_status
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m dreamfield.batch PROMPTS ...``, the same as ``dreamfield batch``."""
-    parser = argparse.ArgumentParser(prog="dreamfield")
-    add_batch_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["batch", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return cmd_batch(args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except (ValueError, RuntimeError, OSError) as exc:
-        if os.environ.get("DREAMFIELD_DEBUG"):
-            raise
-        print(f"dreamfield: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-
-if __name__ == "__main__":
-    # through the package's module, so that Ray ships tasks as dreamfield.batch.run_one, not __main__'s copy
-    from dreamfield.batch import main as _main
-
-    sys.exit(_main())

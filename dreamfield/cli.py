@@ -1,5 +1,5 @@
 """The ``dreamfield`` command: parse the arguments and dispatch to a flow (generate, edit, export,
-sample, demo). Nothing imports this module.
+sample, report, batch, demo). Nothing imports this module.
 
 Every user-facing failure (bad config key, missing model folder, empty prompt, corrupt checkpoint,
 NaN in the loss...) ends as one line on stderr and exit status 2; set ``DREAMFIELD_DEBUG=1`` to see
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dreamfield import __version__
+from dreamfield.batch import add_batch_parser, cmd_batch
 from dreamfield.errors import UsageError, check_prompt
 
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="(re)build report.html of run folders: previews, curves, turntable, 3D view; offline")
     r.add_argument("run_dirs", nargs="+", metavar="RUN")
+
+    add_batch_parser(sub)
 
     d = sub.add_parser("demo", help="the README's first command: a red cube from the embedded prior, exported")
     d.add_argument("--out", default="outputs/demo-red-cube")
@@ -200,7 +203,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "edit": cmd_edit, "export": cmd_export, "sample": cmd_sample, "report": cmd_report,
-            "demo": cmd_demo}
+            "batch": cmd_batch, "demo": cmd_demo}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dreamfield import batch as B
+from dreamfield.cli import main
 
 # Tiny runs: 16^2 renders, 8 samples per ray, a 16^3 grid; exported at level 1 (a 2-step blob peaks near 2.5).
 FAST = ["--steps", "2", "--set", "render.resolution=16", "--set", "render.n_samples=8",
@@ -70,15 +71,15 @@ def test_text_and_yaml_prompts_files(tmp_path):
 
 
 def test_bad_input_is_a_one_line_error_with_status_2(tmp_path, capsys):
-    assert B.main([str(tmp_path / "missing.txt")]) == 2
+    assert main(["batch", str(tmp_path / "missing.txt")]) == 2
     assert capsys.readouterr().err.strip() == f"dreamfield: error: prompts file not found: {tmp_path / 'missing.txt'}"
     p = tmp_path / "p.txt"
     p.write_text("a red cube\n")
     # a bad batch-wide --set fails before anything runs (no folder is made); a prompt's own fails that prompt only
-    assert B.main([str(p), "--out", str(tmp_path / "o"), "--set", "optim.lr_densty=1"]) == 2
+    assert main(["batch", str(p), "--out", str(tmp_path / "o"), "--set", "optim.lr_densty=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optim.lr_densty" in err[0] and not (tmp_path / "o").exists()
-    assert B.main([str(p), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    assert main(["batch", str(p), "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
     capsys.readouterr()
 
 
@@ -117,7 +118,7 @@ def three(ray_local, tiny_sd_path, tmp_path_factory):
                        '- {prompt: a blue sphere, steps: 3, set: [render.n_samples=6]}\n')
     out = root / "out"
     argv = [str(prompts), "--out", str(out), "--model", str(tiny_sd_path), "--jobs", "2", "--threads-per-run", "1", "--quiet"] + FAST
-    code = B.main(argv)
+    code = main(["batch", *argv])
     return out, argv, code
 
 
@@ -157,7 +158,7 @@ def test_a_rerun_does_no_work(three, capsys):
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*/done.json")}
     logs = {p.name: p.read_bytes() for p in out.glob("*.log")}
     t0 = time.perf_counter()
-    assert B.main(argv) == 0
+    assert main(["batch", *argv]) == 0
     assert "3 of 3 run(s) already done" in capsys.readouterr().err
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*/done.json")} == before
     assert {p.name: p.read_bytes() for p in out.glob("*.log")} == logs  # no subprocess ran
@@ -168,7 +169,7 @@ def test_a_failing_prompt_is_recorded_and_the_others_run(three, tiny_sd_path, tm
     out, argv, _ = three
     prompts = tmp_path / "more.yaml"
     prompts.write_text(Path(argv[0]).read_text() + '- {prompt: a green torus, set: [optim.lr_densty=1]}\n- a yellow cone\n')
-    assert B.main([str(prompts)] + argv[1:]) == 1
+    assert main(["batch", str(prompts)] + argv[1:]) == 1
     rows = rows_of(out)
     assert [rows[s]["status"] for s in rows] == ["ok", "ok", "ok", "failed", "ok"]
     err = rows["a-green-torus"]["error"]
@@ -224,7 +225,7 @@ def test_a_killed_run_resumes_on_rerun(ray_local, tiny_sd_path, tmp_path):
     argv = [str(prompts), "--out", str(out), "--model", str(tiny_sd_path), "--quiet", "--threads-per-run", "1"] + FAST + [
         "--steps", "120", "--set", "run.checkpoint_every=1", "--set", "run.preview_every=0", "--set", "run.log_every=1"]
     result = []
-    driver = threading.Thread(target=lambda: result.append(B.main(argv)))
+    driver = threading.Thread(target=lambda: result.append(main(["batch", *argv])))
     driver.start()
     os.kill(generate_pid(run), signal.SIGKILL)
     driver.join(120)
@@ -232,7 +233,7 @@ def test_a_killed_run_resumes_on_rerun(ray_local, tiny_sd_path, tmp_path):
     assert rows_of(out)["a-purple-pyramid"]["error"] == "killed by SIGKILL"
     stopped_at = int(__import__("torch").load(run / "checkpoints" / "last.pt", weights_only=True)["step"])
     assert 1 <= stopped_at < 120
-    assert B.main(argv) == 0
+    assert main(["batch", *argv]) == 0
     log = (out / "a-purple-pyramid.log").read_text()
     assert log.count("# dreamfield batch") == 2 and ": resume\n" in log.split("# dreamfield batch")[-1]
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -249,7 +250,7 @@ def test_ctrl_c_checkpoints_the_runs_and_exits_130(tiny_sd_path, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red torus\n")
     out, run = tmp_path / "out", tmp_path / "out" / "a-red-torus"
-    cmd = [sys.executable, "-m", "dreamfield.batch", str(prompts), "--out", str(out), "--model", str(tiny_sd_path),
+    cmd = [sys.executable, "-m", "dreamfield", "batch", str(prompts), "--out", str(out), "--model", str(tiny_sd_path),
            "--quiet", "--jobs", "1"] + FAST + ["--steps", "2000", "--set", "run.checkpoint_every=1",
                                               "--set", "run.preview_every=0"]
     driver = subprocess.Popen(cmd, env=_subprocess_env(), stderr=subprocess.PIPE, text=True)
@@ -298,7 +299,7 @@ def test_address_joins_a_two_node_cluster(tiny_sd_path, tmp_path):
         prompts = tmp_path / "p.txt"
         prompts.write_text("a green cone\na orange cylinder\n")
         out = tmp_path / "shared" / "out"  # one filesystem for both nodes and the driver
-        cmd = [sys.executable, "-m", "dreamfield.batch", str(prompts), "--out", str(out), "--model", str(tiny_sd_path),
+        cmd = [sys.executable, "-m", "dreamfield", "batch", str(prompts), "--out", str(out), "--model", str(tiny_sd_path),
                "--quiet", "--address", f"127.0.0.1:{port}"] + FAST
         done = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:]
