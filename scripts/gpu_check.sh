@@ -137,7 +137,9 @@ step_build() {
     "$PY" - <<'EOF'
 import json, os, time
 t0 = time.perf_counter()
-from nerfacc.cuda._backend import _C  # JIT build with torch.utils.cpp_extension (ninja + nvcc)
+from dreamfield.scene.nerfacc_cuda import ensure_nerfacc_cuda  # the patched build, cached (C++20 lerp clash)
+ensure_nerfacc_cuda(verbose=True)
+from nerfacc.cuda._backend import _C
 dt = time.perf_counter() - t0
 res = {"seconds": round(dt, 1), "ok": _C is not None}
 print(f"nerfacc CUDA extension: {'loaded' if _C is not None else 'NOT AVAILABLE'} after {dt:.1f} s")

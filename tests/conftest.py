@@ -46,3 +46,14 @@ def interrupt_after():
         return stopped_optimize
 
     return make
+
+
+@pytest.fixture
+def nerfacc_cuda():
+    """nerfacc's packed CUDA path, built (the patched, cached build) and probed; a failed probe fails the test
+    with its one-line reason (on a GPU machine the packed path must work)."""
+    from dreamfield.scene.nerfacc_cuda import probe_packed
+
+    reason = probe_packed(torch.device("cuda"))
+    if reason:
+        pytest.fail(f"nerfacc's CUDA path: {reason}")

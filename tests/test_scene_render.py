@@ -416,7 +416,7 @@ def _cuda_blob_field():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nerfacc's packed marching)")
-def test_cuda_packed_path_agrees_with_dense():
+def test_cuda_packed_path_agrees_with_dense(nerfacc_cuda):
     """Tolerance: max |rgb difference| < 0.03, mean < 0.003, opacity max < 0.03, depth (where opacity > 0.5)
     max < 0.02; both discretise the same integral with ~0.002 steps (dense 1024 samples over the box
     segment, packed step 0.002). The field has no fog: the packed path drops cells whose density *
@@ -443,7 +443,7 @@ def test_cuda_packed_path_agrees_with_dense():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nerfacc's packed marching)")
-def test_cuda_packed_path_gradients_and_update():
+def test_cuda_packed_path_gradients_and_update(nerfacc_cuda):
     field = _cuda_blob_field()
     cfg = RenderConfig(render_step_size=0.005)
     occ = OccupancyGrid(cfg, bound=1.0).cuda()
