@@ -105,7 +105,7 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
         scene = run_surface_stage(cfg, run, prior, prompt, scene, device, resume=resume, progress=progress)
     run.write_timing(time.perf_counter() - t0)
     if cfg.run.export and export:
-        (export_surface_run if cfg.surface.enabled else export_run)(cfg, scene, run)
+        export_run(cfg, scene, run)
     say(f"done: {run.dir} (report: {run.write_report()})")
     return scene
 
@@ -150,27 +150,3 @@ def toy_prompt(prompt: str) -> str:
     return norm
 
 
-def export_surface_run(cfg: Config, scene: Scene, run: RunFolder, video: bool = True) -> None:
-    """:func:`dreamfield.run.export_run` for a surface scene: the mesh is the SDF's zero level set
-    (:func:`dreamfield.export.sdf_mesh.extract_sdf_mesh`), the videos and views render the SDF field."""
-    from dreamfield.export.mesh import EmptyMeshError, save_mesh
-    from dreamfield.export.sdf_mesh import extract_sdf_mesh
-    from dreamfield.export.video import contact_sheet, turntable
-    from dreamfield.files import clean_tmp  # the lead may fold this into run.export_run (a field-kind switch)
-
-    t0 = time.perf_counter()
-    clean_tmp(run.dir)
-    try:
-        mesh = extract_sdf_mesh(scene.field, cfg.export, cfg.field.bound, scene.device)
-        paths = save_mesh(mesh, run.dir / "mesh", cfg.export.formats)
-        say(f"mesh {', '.join(str(p) for p in paths)} ({len(mesh.faces)} faces, SDF zero level set)")
-    except EmptyMeshError as exc:
-        say(f"warning: no mesh exported: {exc}")
-    if video:
-        ex, cam = cfg.export, cfg.camera
-        turntable(scene, cfg.render, run.dir / "turntable.mp4", ex.video_frames, ex.video_fps, ex.video_resolution,
-                  ex.video_elevation, cam.preview_distance, cam.preview_fov, normals=ex.video_normals, gif=ex.gif)
-        contact_sheet(scene, cfg.render, run.dir / "views.png", 4, ex.video_resolution, ex.video_elevation,
-                      cam.preview_distance, cam.preview_fov)
-    run.write_timing(time.perf_counter() - t0, "export_seconds", accumulate=False)
-    run.write_report()

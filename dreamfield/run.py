@@ -33,6 +33,8 @@ from dreamfield.export.video import image_grid
 from dreamfield.files import clean_tmp, write_bytes, write_text
 from dreamfield.scene.cameras import orbit_cameras
 from dreamfield.scene.scene import Scene, load_scene_state, make_scene
+from dreamfield.scene.sdf import SdfGridField
+from dreamfield.surface import SURFACE_DIR, load_surface_scene
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -203,6 +205,9 @@ def load_run_scene(path: str | Path, device_name: Optional[str] = None,
     run, ckpt = find_run(path)
     cfg = load_config([run.dir / "config.yaml"], [*([f"run.device={device_name}"] if device_name else []), *overrides])
     device = resolve_device(cfg.run.device)
+    surface = run.dir / SURFACE_DIR / "checkpoints" / "last.pt"
+    if ckpt == run.last and cfg.surface.enabled and surface.is_file():  # a two-stage run: its final scene
+        return cfg, load_surface_scene(cfg, surface, device), device
     state = load_checkpoint(ckpt)
     scene = make_scene(cfg, device)
     load_scene_state(scene, state["scene"], ckpt)
@@ -216,15 +221,23 @@ def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequ
     A field with nothing above the export level is a warning at the end of a run; with ``strict`` (the
     ``export`` command) it is an error before anything is written.
     """
-    from dreamfield.export.mesh import EmptyMeshError, extract_mesh, save_mesh
+    from dreamfield.export.mesh import EmptyMeshError, export_asset
+    from dreamfield.export.sdf_mesh import extract_sdf_mesh
     from dreamfield.export.video import contact_sheet, turntable
 
     t0 = time.perf_counter()
     clean_tmp(run.dir)  # leftovers of an export that was killed mid-write
     try:
-        mesh = extract_mesh(scene.field, cfg.export, cfg.field.bound, scene.device)
-        paths = save_mesh(mesh, run.dir / "mesh", formats or cfg.export.formats)
-        say(f"mesh {', '.join(str(p) for p in paths)} ({len(mesh.faces)} faces)")
+        # a surface scene's mesh is its SDF's zero level set (what it renders); a density field's, a level of it
+        mesh = extract_sdf_mesh(scene.field, cfg.export, cfg.field.bound, scene.device) \
+            if isinstance(scene.field, SdfGridField) else None
+        info = export_asset(scene.field, cfg.export, cfg.field.bound, run.dir / "mesh", formats, scene.device,
+                            cfg.render, cfg.camera, mesh=mesh)
+        run.write_json("export.json", info)
+        fit = info["mesh_vs_field"] or {}
+        texture = f", {info['texture_size']}^2 texture" if info["texture_size"] else ""
+        say(f"mesh {', '.join(info['paths'])} ({info['faces']} faces{texture}); mesh vs field: silhouette IoU "
+            f"{fit.get('silhouette_iou')}, PSNR {fit.get('psnr_db')} dB")
     except EmptyMeshError as exc:
         if strict:
             raise
