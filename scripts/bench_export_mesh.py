@@ -8,6 +8,7 @@ texture, write, compare), the mesh-vs-field figures, and the toy scorer's colour
 file against the field's albedo.
 
     .venv/bin/python scripts/bench_export_mesh.py [--shapes cube torus cone] [--threads 1]
+        [--threshold 5 --blur 0]   (the level and blur of an imported mesh's field, edit.yaml's)
 """
 
 from __future__ import annotations
@@ -45,11 +46,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=["cube", "torus", "cone"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--threshold", type=float, default=None, help="export.threshold (default: the config's)")
+    ap.add_argument("--blur", type=float, default=None, help="export.density_blur (default: the config's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = Config()
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    if args.threshold is not None:
+        cfg.export.threshold = args.threshold
+    if args.blur is not None:
+        cfg.export.density_blur = args.blur
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+          f"export.threshold {cfg.export.threshold}, density_blur {cfg.export.density_blur}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes:
