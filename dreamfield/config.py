@@ -173,12 +173,15 @@ class SurfaceConfig:
     started from the coarse field's level set and refined with the same distillation (VolSDF density)."""
 
     enabled: bool = True  # false: one density stage, as before (configs/one_stage.yaml)
-    # Adam steps of the surface stage, after optim.steps of the coarse stage; None = optim.steps // 2 (so --steps
-    # scales both stages)
+    # Adam steps of the surface stage, after optim.steps of the coarse stage; None = optim.steps // 4 (so --steps
+    # scales both stages). The stage shrinks objects slowly (SDS's targets blur the rim toward the background),
+    # so it is kept short
     steps: Optional[int] = None
     resolution: int = 64  # SDF and albedo voxels per side
-    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface
-    init_level: float = 2.6
+    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface.
+    # The coarse field is translucent (its render covers less than its 2.6 level set), and the export's level
+    # 2.6 starts the stage inside the object it renders: 0.5 takes in the soft rim
+    init_level: float = 0.5
     init_blur: float = 0.06
     lr_sdf: float = 0.002  # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1))
     lr_color: float = 0.02  # albedo logits
@@ -492,7 +495,7 @@ def _validate_surface(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: must be {rule}, got {value}")
 
-    need(sf.steps is None or sf.steps >= 1, "surface.steps", ">= 1 or null (optim.steps // 2)", sf.steps)
+    need(sf.steps is None or sf.steps >= 1, "surface.steps", ">= 1 or null (optim.steps // 4)", sf.steps)
     need(sf.resolution >= 4, "surface.resolution", ">= 4", sf.resolution)
     for key in ("surface.init_level", "surface.beta_min"):
         need(_get(cfg, key) > 0, key, "> 0", _get(cfg, key))

@@ -40,8 +40,8 @@ def _stderr(msg: str) -> None:
 
 
 def stage_steps(cfg: Config) -> int:
-    """The surface stage's steps: surface.steps, or half the coarse stage's when that is None."""
-    return cfg.surface.steps if cfg.surface.steps is not None else max(1, cfg.optim.steps // 2)
+    """The surface stage's steps: surface.steps, or a quarter of the coarse stage's when that is None."""
+    return cfg.surface.steps if cfg.surface.steps is not None else max(1, cfg.optim.steps // 4)
 
 
 def stage_config(cfg: Config) -> Config:
