@@ -275,3 +275,18 @@ def test_the_level_5_surface_lies_on_the_mesh_for_either_activation(tmp_path, ac
     with torch.no_grad():
         inside, outside = scene.field.density(v * 0.96), scene.field.density(v * 1.04)
     assert (inside > 5).all() and (outside < 5).all(), (float(inside.min()), float(outside.max()))
+
+
+@pytest.mark.parametrize("colour", ["vertex", "texture"])
+def test_our_own_glb_exports_import_with_their_colour(tmp_path, colour):
+    # the exporter writes linear COLOR_0 (vertex) or an sRGB texture beside a material: both come back as the
+    # field's sRGB albedo (trimesh's own scene flattening would drop COLOR_0 and give grey)
+    from dreamfield.export.mesh import export_asset
+
+    cfg = load_config([], [f"export.colour={colour}", "export.resolution=48", "export.threshold=5",
+                           "export.density_blur=0", "export.texture_size=128"])
+    export_asset(SphereField(radius=0.5, colour=(0.85, 0.15, 0.15)), cfg.export, 1.0, tmp_path / "mesh", ["glb"])
+    mesh = load_mesh(tmp_path / "mesh.glb")
+    assert mesh.metadata["colour_source"] == colour
+    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float).mean(axis=0)
+    assert np.abs(rgb - np.array([0.85, 0.15, 0.15]) * 255).max() < 3, rgb

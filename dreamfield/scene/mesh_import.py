@@ -18,8 +18,9 @@ that is what our exporter writes in all three formats (TOY_DOMAIN.md), what glTF
 what most OBJ/PLY files in the wild use (the Stanford bunny and the Utah teapot among them).
 A z-up file therefore comes in lying on its side; rotate it before import.
 
-Colours. Vertex colours (GLB COLOR_0, OBJ ``v x y z r g b``, PLY red/green/blue) and face colours
-are used as sRGB albedo, as the exporter writes them; a texture is sampled at the vertices
+Colours. Vertex colours (GLB COLOR_0, linear by the glTF spec and converted to sRGB; files that trimesh
+wrote hold sRGB bytes and are read as they are; OBJ ``v x y z r g b``, PLY red/green/blue) and face colours
+are used as sRGB albedo; a texture is sampled at the vertices
 (trimesh's ``to_color``); a mesh with no colour at all is grey (``DEFAULT_GREY``).
 
 Inside test. Meshes users hand in are often open (the bunny's base, the teapot's lid seams), so
@@ -57,6 +58,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from dreamfield.config import Config
+from dreamfield.export.gltf import load_gltf_mesh
 
 Tensor = torch.Tensor
 
@@ -106,7 +108,14 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     except Exception as exc:  # every loader raises its own types on garbage
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
         raise MeshImportError(f"cannot read mesh {path}: {reason}") from None
-    if isinstance(loaded, trimesh.Scene):
+    if isinstance(loaded, trimesh.Scene) and loaded.geometry and path.suffix.lower() in (".glb", ".gltf"):
+        # trimesh's Scene.dump drops a COLOR_0 beside a material (our exports have one); load_gltf_mesh keeps it,
+        # linear -> sRGB (files trimesh wrote hold sRGB bytes and are read as they are)
+        try:
+            mesh = load_gltf_mesh(path, loaded)
+        except ValueError:
+            raise MeshImportError(f"{path}: empty scene, no triangle mesh in it") from None
+    elif isinstance(loaded, trimesh.Scene):
         meshes = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if loaded.geometry else []
         if not meshes:
             raise MeshImportError(f"{path}: empty scene, no triangle mesh in it")
