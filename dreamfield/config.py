@@ -416,6 +416,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.device: {run.device!r} is not one of auto, cpu, cuda, cuda:N")
     for fmt in ex.formats:
         choice("export.formats", fmt, ("glb", "obj", "ply"))
+    choice("export.colour", ex.colour, ("texture", "vertex"))
     need(bool(ex.formats), "export.formats", "a non-empty list", ex.formats)
 
     def at_least(lo: float, *keys: str, strict: bool = False) -> None:
@@ -484,6 +485,8 @@ def validate(cfg: Config) -> None:
     at_least(1, "export.video_frames", "export.video_fps", "export.video_resolution", "export.chunk",
              "edit.anchor_points", "edit.before_after_views", "sample.steps", "sample.n")
     at_least(0, "edit.import_radius", strict=True)
+    at_least(0, "export.compare_views")
+    at_least(1, "export.compare_resolution", "export.texture_size")
     _validate_surface(cfg)
 
 

@@ -18,7 +18,10 @@ import torch
 
 from dreamfield.cli import main
 
-SMALL = ["--set", "render.resolution=16", "--set", "render.n_samples=12", "--set", "field.grid_resolution=16",
+# The one-stage config: these tests are about the command, the run folder and the loop, which both stages share
+# (tests/test_surface.py covers interrupting and resuming the surface stage).
+ONE_STAGE = str(Path(__file__).resolve().parent.parent / "configs" / "one_stage.yaml")
+SMALL = ["--config", ONE_STAGE, "--set", "render.resolution=16", "--set", "render.n_samples=12", "--set", "field.grid_resolution=16",
          "--set", "run.preview_every=0", "--set", "run.log_every=1", "--set", "run.threads=1", "--quiet"]
 EXPORT_SMALL = ["--set", "export.resolution=24", "--set", "export.video_frames=2", "--set", "export.video_resolution=16",
                 "--set", "export.compare_views=1", "--set", "export.compare_resolution=16",

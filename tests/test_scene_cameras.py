@@ -127,8 +127,10 @@ def test_progressive_azimuth_span_widens_linearly_to_the_full_range():
 
 
 def test_sample_cameras_bad_range():
-    with pytest.raises(ValueError, match="camera.fov"):
-        sample_cameras(CameraConfig(fov=(50.0, 40.0)), 2, torch.Generator(), "cpu")
+    from dreamfield.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="camera.fov"):  # validated once, when the config loads
+        load_config([], ["camera.fov=[50,40]"])
 
 
 def test_orbit_cameras():

@@ -191,8 +191,10 @@ def test_choose_shading_probabilities():
         assert abs(picks.count(name) / 3000 - p) < 0.04
     only = RenderConfig(p_albedo=0.0, p_lambertian=0.0, p_textureless=1.0)
     assert {choose_shading(only, gen) for _ in range(50)} == {"textureless"}
-    with pytest.raises(ValueError, match="p_"):
-        choose_shading(RenderConfig(p_albedo=0.0, p_lambertian=0.0, p_textureless=0.0), gen)
+    from dreamfield.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="p_"):  # validated once, when the config loads
+        load_config([], ["render.p_albedo=0", "render.p_lambertian=0", "render.p_textureless=0"])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -231,16 +231,7 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh
     Raises:
         EmptyMeshError when nothing exceeds the level; ValueError for bad settings.
     """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if cfg.resolution < 0 or cfg.resolution == 1:
-        raise ValueError(f"export.resolution must be 0 (auto) or >= 2, got {cfg.resolution}")
-    if not 0.0 <= cfg.min_component <= 1.0:
-        raise ValueError(f"export.min_component must be in [0, 1], got {cfg.min_component}")
-    if cfg.smooth_iterations < 0 or cfg.target_faces < 0:
-        raise ValueError(
-            f"export.smooth_iterations and export.target_faces must be >= 0, "
-            f"got {cfg.smooth_iterations}, {cfg.target_faces}"
-        )
+    device = torch.device(device) if device is not None else torch.device("cpu")  # cfg: validated by config.validate
     resolution = cfg.resolution or default_resolution(device)
 
     grid = blur_density(density_grid(field, resolution, bound, cfg.chunk, device), cfg.density_blur, bound)
@@ -352,11 +343,6 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
     from dreamfield.export.texture import texture_mesh
     from dreamfield.scene.cameras import orbit_cameras
 
-    if cfg.colour not in COLOURS:
-        raise ValueError(f"export.colour: {cfg.colour!r} is not one of {', '.join(COLOURS)}")
-    if cfg.compare_views < 0 or cfg.compare_resolution < 1:
-        raise ValueError(f"export.compare_views must be >= 0 and export.compare_resolution >= 1, "
-                         f"got {cfg.compare_views}, {cfg.compare_resolution}")
     formats = list(formats if formats is not None else cfg.formats)
     seconds = {}
     t0 = t = time.perf_counter()

@@ -156,10 +156,6 @@ def sample_cameras(
     position plus N(0, light_jitter^2) per axis (DreamFusion samples the light around the camera).
     Random numbers come from ``generator`` (on its own device), so a seed fixes the cameras.
     """
-    for name in ("distance", "elevation", "azimuth", "fov"):
-        lo, hi = getattr(cfg, name)
-        if lo > hi:
-            raise ValueError(f"camera.{name}: range ({lo}, {hi}) has lower > upper")
     gdev = generator.device
 
     def uniform(lo: float, hi: float) -> Tensor:

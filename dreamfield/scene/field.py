@@ -57,15 +57,7 @@ class DensityField(nn.Module):
     """
 
     def __init__(self, cfg: FieldConfig) -> None:
-        super().__init__()
-        if cfg.density_activation not in ("softplus", "exp"):
-            raise ValueError(f"field.density_activation: {cfg.density_activation!r} is not one of softplus, exp")
-        if cfg.normals not in ("finite_difference", "autograd"):
-            raise ValueError(f"field.normals: {cfg.normals!r} is not one of finite_difference, autograd")
-        if cfg.bound <= 0 or cfg.blob_radius <= 0 or cfg.fd_eps <= 0:
-            raise ValueError(
-                f"field.bound, field.blob_radius and field.fd_eps must be > 0, got {cfg.bound}, {cfg.blob_radius}, {cfg.fd_eps}"
-            )
+        super().__init__()  # cfg is validated once, by dreamfield.config.validate
         self.cfg = cfg
         self.bound = cfg.bound
         self.bounding_radius = cfg.bounding_radius
@@ -173,18 +165,12 @@ class GridField(DensityField):
 
     def __init__(self, cfg: FieldConfig) -> None:
         super().__init__(cfg)
-        if cfg.grid_decoder not in ("direct", "mlp"):
-            raise ValueError(f"field.grid_decoder: {cfg.grid_decoder!r} is not one of direct, mlp")
-        if cfg.grid_resolution < 2:
-            raise ValueError(f"field.grid_resolution must be >= 2, got {cfg.grid_resolution}")
         r = cfg.grid_resolution
         self.density_grid = nn.Parameter(torch.zeros(1, 1, r, r, r))
         if cfg.grid_decoder == "direct":
             self.color_grid = nn.Parameter(torch.zeros(1, 3, r, r, r))
             self.decoder = None
         else:
-            if cfg.grid_features < 2:
-                raise ValueError(f"field.grid_features must be >= 2 with grid_decoder='mlp', got {cfg.grid_features}")
             self.color_grid = nn.Parameter(0.1 * torch.randn(1, cfg.grid_features - 1, r, r, r))
             self.decoder = nn.Sequential(
                 nn.Linear(cfg.grid_features - 1, cfg.hidden_dim), nn.ReLU(), nn.Linear(cfg.hidden_dim, 3)
@@ -272,8 +258,6 @@ class HashGridField(DensityField):
 
     def __init__(self, cfg: FieldConfig) -> None:
         super().__init__(cfg)
-        if cfg.num_layers < 1 or cfg.hidden_dim < 1:
-            raise ValueError(f"field.num_layers and field.hidden_dim must be >= 1, got {cfg.num_layers}, {cfg.hidden_dim}")
         self.encoding = HashEncoding(
             bound=cfg.bound,
             levels=cfg.hash_levels,

@@ -28,12 +28,7 @@ class OccupancyGrid(nn.Module):
     """
 
     def __init__(self, cfg: RenderConfig, bound: float = 1.0) -> None:
-        super().__init__()
-        if cfg.occ_resolution < 1 or cfg.occ_update_every < 1 or cfg.render_step_size <= 0:
-            raise ValueError(
-                "render.occ_resolution and render.occ_update_every must be >= 1 and render.render_step_size > 0, "
-                f"got {cfg.occ_resolution}, {cfg.occ_update_every}, {cfg.render_step_size}"
-            )
+        super().__init__()  # cfg is validated once, by dreamfield.config.validate
         self.cfg = cfg
         self.bound = bound
         self.estimator = OccGridEstimator(

@@ -42,9 +42,7 @@ def shade(albedo: Tensor, normals: Tensor | None, light_dir: Tensor | None, shad
 
 def choose_shading(cfg: RenderConfig, generator: torch.Generator | None = None) -> str:
     """Draw this step's shading with probabilities proportional to p_albedo, p_lambertian, p_textureless."""
-    p = torch.tensor([cfg.p_albedo, cfg.p_lambertian, cfg.p_textureless], dtype=torch.float64)
-    if (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"render.p_*: shading probabilities must be >= 0 and not all zero, got {p.tolist()}")
+    p = torch.tensor([cfg.p_albedo, cfg.p_lambertian, cfg.p_textureless], dtype=torch.float64)  # validated: >= 0, not all 0
     device = generator.device if generator is not None else "cpu"
     u = float(torch.rand((), generator=generator, device=device, dtype=torch.float64))
     cdf = (p / p.sum()).cumsum(0)
