@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 from urllib.parse import quote
 
-from dreamfield.files import clean_tmp, write_text
+from dreamfield.files import clean_tmp, read_json, write_text
 
 DONE = "done.json"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -306,12 +306,6 @@ def run_one(spec: RunSpec) -> dict:
 # ---------------------------------------------------------------------------------------------- figures of a run
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _flatten(data: dict, prefix: str) -> dict:
@@ -355,11 +349,11 @@ def run_figures(run_dir: Path, prompt: str) -> dict:
         out["steps"] = yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["steps"]
     except (OSError, ValueError, KeyError, TypeError, ImportError):
         pass
-    timing = _read_json(run_dir / "timing.json")
+    timing = read_json(run_dir / "timing.json")
     if timing:
         opt, exp = float(timing.get("optimize_seconds", 0.0)), float(timing.get("export_seconds", 0.0))
         out.update(seconds=round(opt + exp, 2), optimize_seconds=round(opt, 2), export_seconds=round(exp, 2))
-    export = _read_json(run_dir / "export.json")
+    export = read_json(run_dir / "export.json")
     if export:
         out.update(_flatten(export, "export"))
     out.update(toy_scores(run_dir, prompt))
@@ -679,7 +673,7 @@ def run_batch(entries: Sequence[BatchEntry], out_dir: str | Path, opts: BatchOpt
     order = [e.slug for e in entries]
     rows, todo = {}, []
     for e in entries:
-        done = _read_json(out_dir / e.slug / DONE)
+        done = read_json(out_dir / e.slug / DONE)
         if done is not None and done.get("prompt") == e.prompt:
             rows[e.slug] = done
         else:

@@ -6,9 +6,10 @@ never replaces a good one with a broken one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 TMP_MARK = ".tmp-"  # temporary names: .<name>.tmp-<pid>; leftovers of a killed write are removed by clean_tmp
 
@@ -56,3 +57,13 @@ def clean_tmp(folder: str | Path) -> list[Path]:
                 p.unlink()
                 gone.append(p)
     return gone
+
+
+def read_json(path: str | Path) -> Optional[dict]:
+    """A JSON object from ``path``; None when the file is missing, unreadable, not JSON or not an object
+    (a run still being written, or a half-written file of an older version)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

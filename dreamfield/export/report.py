@@ -33,7 +33,7 @@ from typing import Optional
 import yaml
 
 from dreamfield.errors import UsageError
-from dreamfield.files import atomic_path, write_bytes
+from dreamfield.files import atomic_path, read_json, write_bytes
 
 REPORT_NAME = "report.html"
 ASSETS_DIR = "report_assets"
@@ -67,12 +67,6 @@ class NotARunError(UsageError):
 # reading the run folder (every reader tolerates a missing or half-written file)
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -276,7 +270,7 @@ def edit_section(run_dir: Path) -> str:
         )
     else:
         parts.append('<p class="missing">no before_after.png yet (it is rendered at the end of the edit)</p>')
-    source = _read_json(run_dir / "source.json")
+    source = read_json(run_dir / "source.json")
     parts.append("<h3>source.json</h3>" + (key_value_table(source) if source else '<p class="missing">no source.json</p>'))
     return "".join(parts)
 
@@ -324,7 +318,7 @@ def _header(run_dir: Path, meta: dict, done: int, total: Optional[int], finished
 
 def render_report(run_dir: Path, viewer_src: Optional[str]) -> str:
     """The page's HTML for ``run_dir``; ``viewer_src`` is model-viewer's script path relative to it (None: absent)."""
-    meta = _read_json(run_dir / "prompt.json") or {}
+    meta = read_json(run_dir / "prompt.json") or {}
     try:
         config_text = (run_dir / "config.yaml").read_text()
     except OSError:
@@ -333,8 +327,8 @@ def render_report(run_dir: Path, viewer_src: Optional[str]) -> str:
     previews = preview_steps(run_dir)
     total = total_steps(config_text)
     done, finished = progress(records, previews, total)
-    timing = _read_json(run_dir / "timing.json")
-    export = _read_json(run_dir / "export.json")
+    timing = read_json(run_dir / "timing.json")
+    export = read_json(run_dir / "export.json")
     head = f'<script src="{_e(viewer_src)}"></script>' if viewer_src and (run_dir / "mesh.glb").is_file() else ""
     sections = [
         _header(run_dir, meta, done, total, finished),
