@@ -98,7 +98,7 @@ def load_source(kind: str, path: Path, files_: Sequence[str], overrides: Sequenc
         run, ckpt = find_run(path)
         cfg = load_config([str(run.dir / "config.yaml"), str(edit_defaults()), *files_], overrides)
         _check_edit_config(cfg)
-        source_cfg, scene, _ = load_run_scene(path, cfg.run.device)
+        source_cfg, scene, _ = load_run_scene(path, cfg.run.device, final=False)  # edits work on density fields
         check_same_layout(source_cfg, cfg, "an edit")
         meta = run.meta()
         info = {

@@ -198,15 +198,16 @@ def find_run(path: str | Path) -> tuple[RunFolder, Path]:
     return run, ckpt
 
 
-def load_run_scene(path: str | Path, device_name: Optional[str] = None,
-                   overrides: Sequence[str] = ()) -> tuple[Config, Scene, torch.device]:
+def load_run_scene(path: str | Path, device_name: Optional[str] = None, overrides: Sequence[str] = (),
+                   final: bool = True) -> tuple[Config, Scene, torch.device]:
     """(cfg, scene, device) of a finished or stopped run folder (or checkpoint file), from its checkpoint;
-    ``overrides`` (``key=value``) are applied to its config and validated like any other."""
+    ``overrides`` (``key=value``) are applied to its config and validated like any other. For a two-stage run
+    ``final`` picks the surface stage's scene (what it exports), else the density stage's (what edit starts from)."""
     run, ckpt = find_run(path)
     cfg = load_config([run.dir / "config.yaml"], [*([f"run.device={device_name}"] if device_name else []), *overrides])
     device = resolve_device(cfg.run.device)
     surface = run.dir / SURFACE_DIR / "checkpoints" / "last.pt"
-    if ckpt == run.last and cfg.surface.enabled and surface.is_file():  # a two-stage run: its final scene
+    if final and ckpt == run.last and cfg.surface.enabled and surface.is_file():  # a two-stage run: its final scene
         return cfg, load_surface_scene(cfg, surface, device), device
     state = load_checkpoint(ckpt)
     scene = make_scene(cfg, device)

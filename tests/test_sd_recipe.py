@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 SD21 = str(REPO / "configs" / "sd21.yaml")
 SMALL = ["--device", "cpu", "--quiet", "--set", "render.resolution=16", "--set", "render.n_samples=16",
          "--set", "field.hash_log2_table_size=14", "--set", "run.log_every=1", "--set", "run.threads=1",
-         "--set", "run.preview_every=0"]
+         "--set", "run.preview_every=0", "--set", "surface.steps=2", "--set", "surface.resolution=16"]
 EXPORT_SMALL = ["--set", "export.resolution=24", "--set", "export.video_frames=2", "--set", "export.video_resolution=16",
                 "--set", "export.compare_views=1", "--set", "export.compare_resolution=16", "--set", "export.texture_size=64"]
 
