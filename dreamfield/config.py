@@ -52,7 +52,7 @@ class FieldConfig:
     density_activation: str = "exp"
     density_bias: float = -4.0  # constant added to the raw density before the activation
     bounding_radius: float = 0.9  # density is zero outside this sphere; <= 0 disables
-    normals: str = "finite_difference"  # "finite_difference" or "autograd"
+    normals: str = "finite_difference"  # "finite_difference" (smooths over fd_eps) or "autograd" (exact, written out)
     fd_eps: float = 0.01  # finite-difference step in world units
 
 

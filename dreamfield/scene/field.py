@@ -105,10 +105,10 @@ class DensityField(nn.Module):
         ``finite_difference`` (default): central differences of the network's raw density with step
         fd_eps along each axis, 6 extra density-only lookups in one batched call; the loss's backward
         through them is an ordinary first-order backward (the grid field uses its voxel lattice as
-        the stencil instead, see GridField.raw_gradient_fd). ``autograd``: the exact d raw / d x,
-        taken with create_graph=True, so the backward has to differentiate the field twice (double
-        backward through the hash gathers and MLP), which costs more time and memory (the grid field
-        writes its exact trilinear gradient out instead). The finite difference also smooths over its
+        the stencil instead, see GridField.raw_gradient_fd). ``autograd``: the exact d raw / d x. The grid
+        and hash fields write it out (trilinear weights' derivatives, chained through the hash field's
+        MLP), so the loss's backward stays first order; other fields take it with create_graph=True and
+        differentiate twice. The finite difference also smooths over its
         step, which suits a piecewise-trilinear grid whose exact gradient jumps at every voxel face.
         Zero gradient (empty space) gives the zero vector.
         Differentiable w.r.t. the field's parameters when grad mode is on.
