@@ -156,7 +156,7 @@ def run_render_case(case: str, res: int, device: str) -> dict:
     def step() -> None:
         out = render(field, cams, res, res, cfg.render, bg, "lambertian", occ, generator=torch.Generator().manual_seed(1))
         (out.rgb.mean() + out.orientation).backward()
-        box["samples"] = out.n_samples
+        box["samples"] = int(out.n_samples)
 
     c0 = time.process_time()
     mem, sec = measure(step, device)

@@ -122,8 +122,8 @@ def main() -> None:
             t_occ, _, out_occ = time_step(field, cams, 128, occ_cfg, bg, occ, device, args.repeats, stratified=False)
             diff = (out_dense.rgb - out_occ.rgb).abs()
             compare.append(
-                f"{state:<6} dense {t_dense * 1e3:8.1f} ms ({out_dense.n_samples} samples)  "
-                f"occupancy {t_occ * 1e3:8.1f} ms ({out_occ.n_samples} samples, {occ.occupied_fraction:.1%} cells)  "
+                f"{state:<6} dense {t_dense * 1e3:8.1f} ms ({int(out_dense.n_samples)} samples)  "
+                f"occupancy {t_occ * 1e3:8.1f} ms ({int(out_occ.n_samples)} samples, {occ.occupied_fraction:.1%} cells)  "
                 f"speed-up x{t_dense / t_occ:.2f}  max|rgb diff| {float(diff.max()):.4f}  mean {float(diff.mean()):.5f}"
             )
             print(compare[-1], flush=True)

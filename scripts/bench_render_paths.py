@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 out = render(field, cams, args.res, args.res, cfg, background, "lambertian", grid, stratified=False)
             images[name] = out.rgb.float()
-            row["samples"] = out.n_samples
+            row["samples"] = int(out.n_samples)
 
             def eval_render(cfg=cfg, grid=grid):
                 with torch.no_grad():

@@ -56,7 +56,7 @@ class RenderOut:
     orientation: () DreamFusion's orientation penalty (Poole et al. 2022, App. A.2, Eq. 3),
                  sum_i stop_grad(w_i) max(0, n_i . d)^2 per ray, averaged over all B H W rays
     shading:     the shading used
-    n_samples:   how many samples the field was evaluated at (a cost measure)
+    n_samples:   () tensor: how many samples the field was evaluated at (a cost measure; int() it when needed)
     """
 
     rgb: Tensor
@@ -66,7 +66,7 @@ class RenderOut:
     albedo: Tensor
     orientation: Tensor
     shading: str
-    n_samples: int
+    n_samples: Tensor
 
 
 def ray_box(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -99,9 +99,13 @@ def _light_dirs(x: Tensor, light: Tensor) -> Tensor:
 
 
 def _field_at(field: nn.Module, x: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
-    """field(x) at x (N, 3), evaluated only where keep (N,) is True (zeros elsewhere)."""
+    """field(x) at x (N, 3), evaluated only where keep (N,) is True (zeros elsewhere). On a GPU every point
+    is evaluated and the rest zeroed: selecting the kept ones (nonzero) would make the host wait each step."""
     if keep is None:
         return field(x)
+    if x.is_cuda:
+        sigma, albedo = field(x)
+        return sigma * keep.to(sigma.dtype), albedo * keep[:, None].to(albedo.dtype)
     idx = keep.nonzero().squeeze(1)  # index_select/index_copy: much faster than boolean masks on CPU
     if idx.numel() == 0:
         return x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0], 3)
@@ -112,7 +116,10 @@ def _field_at(field: nn.Module, x: Tensor, keep: Tensor | None) -> tuple[Tensor,
 
 
 def _normals_at(field: nn.Module, x: Tensor, keep: Tensor) -> Tensor:
-    """field.normals at x (N, 3) where keep (N,) is True, zeros elsewhere."""
+    """field.normals at x (N, 3) where keep (N,) is True, zeros elsewhere (on a GPU: all, then masked, as
+    in :func:`_field_at`)."""
+    if x.is_cuda:
+        return field.normals(x) * keep[:, None].to(x.dtype)
     idx = keep.nonzero().squeeze(1)
     normals = x.new_zeros(x.shape[0], 3)
     if idx.numel() > 0:
@@ -203,7 +210,7 @@ def _render_dense(
     per_sample = lambda v: v[:, None, :].expand(n, s, 3).reshape(-1, 3)  # noqa: E731  (N, 3) -> (N S, 3)
     samples = Samples(x, t.reshape(-1), per_sample(d), per_sample(light), n)
     out = composite(field, samples, weights.reshape(-1), albedo, shading, cfg)
-    out["n_samples"] = torch.tensor(int(keep.sum()) if keep is not None else n * s)
+    out["n_samples"] = keep.sum() if keep is not None else torch.tensor(n * s)  # a tensor: no GPU wait
     return out
 
 
@@ -246,7 +253,7 @@ def _render_packed(
     weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigma, ray_indices=ray_indices, n_rays=n)
     samples = Samples(x, t_mid, d[ray_indices], light[ray_indices], n, ray_indices)
     out = composite(field, samples, weights, albedo, shading, cfg)
-    out["n_samples"] = torch.tensor(int(x.shape[0]))
+    out["n_samples"] = torch.tensor(x.shape[0])
     return out
 
 
@@ -352,5 +359,5 @@ def render(
         albedo=image(flat["albedo"]),
         orientation=flat["orientation"].mean(),
         shading=shading,
-        n_samples=int(flat["n_samples"]),
+        n_samples=flat["n_samples"],
     )
