@@ -752,3 +752,19 @@ def cmd_batch(args) -> int:
     told = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     _say(f"dreamfield: batch: {told}; gallery {out / 'index.html'}")
     return result.exit_status
+
+
+def toy_batch(root: Path, pairs: Sequence[tuple[str, str]], extra_args: Sequence[str] = (), jobs: int = 1,
+              command: Optional[Sequence[str]] = None) -> tuple[list[Path], dict]:
+    """``generate`` for toy (colour, shape) pairs into ``root/<prompt with dashes>/``, ``jobs`` at a time; with
+    jobs > 1 every run gets one thread (on the 2-core CPU, runs side by side with a thread each is how the
+    figures in docs/RESULTS.md were measured). Finished runs are kept (a rerun skips them, resumes the others);
+    a failed run is recorded and the others go on. Returns the run folders and each run's own wall seconds."""
+    from dreamfield.toy.domain import caption
+
+    entries = [BatchEntry(p, slug=p.replace(" ", "-")) for p in (caption(c, s) for c, s in pairs)]
+    opts = BatchOptions(extra_args=tuple(extra_args), jobs=max(1, jobs), threads_per_run=1 if jobs > 1 else None,
+                        command=tuple(command) if command else None)
+    result = run_batch(entries, root, opts)
+    return [root / e.slug for e in entries], {str(root / r["slug"]): r.get("wall_seconds") for r in result.rows}
+

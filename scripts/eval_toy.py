@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dreamfield.toy.evaluate import EVAL_3D, breakdown, score_runs  # noqa: E402
 from dreamfield.toy.domain import (  # noqa: E402
     ALL_PAIRS,
     COLOUR_NAMES,
@@ -45,10 +46,6 @@ from dreamfield.toy.domain import (  # noqa: E402
     caption,
 )
 
-# 12 prompts for the 3D table: every held-out pair, and one trained pair per shape (a colour each).
-TRAINED_3D = (("green", "sphere"), ("red", "cube"), ("blue", "cylinder"), ("orange", "cone"),
-              ("yellow", "torus"), ("purple", "pyramid"))
-EVAL_3D = tuple(HELD_OUT) + TRAINED_3D
 VIEW_ANGLES = {"front": (0.0, 15.0), "side": (90.0, 15.0), "back": (180.0, 15.0), "overhead": (0.0, 75.0)}
 
 
@@ -146,80 +143,6 @@ def eval_2d(a: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- 3D
-_WORD = re.compile(r"[a-z]+")
-
-
-def find_pair(text: str):
-    """The (colour, shape) named in a prompt or a folder slug ("a-red-cube-20260101"), or None."""
-    words = _WORD.findall(text.lower())
-    colours = [w for w in words if w in COLOURS]
-    shapes = [w for w in words if w in SHAPES]
-    return (colours[0], shapes[0]) if colours and shapes else None
-
-
-def run_prompt(run: Path):
-    """The prompt of a run folder (prompt.json written by ``dreamfield generate``/``edit``; for an edit,
-    the target prompt), else the folder name. Returns (prompt text, (colour, shape) or None)."""
-    candidates = []
-    meta = run / "prompt.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text())
-        candidates += [data[k] for k in ("target_prompt", "prompt") if isinstance(data.get(k), str)]
-    candidates.append(run.name)
-    for c in candidates:
-        pair = find_pair(c)
-        if pair:
-            return c, pair
-    return candidates[0], None
-
-
-def run_wall_time(run: Path):
-    """Seconds of optimisation plus export, from timing.json written by the CLI, or None."""
-    timing = run / "timing.json"
-    if not timing.is_file():
-        return None
-    data = json.loads(timing.read_text())
-    return float(data.get("optimize_seconds", 0.0)) + float(data.get("export_seconds", 0.0))
-
-
-def score_runs(runs: list[Path], wall_times: dict | None = None) -> dict:
-    from dreamfield.toy.measures import load_mesh, score_mesh
-
-    rows = []
-    for run in runs:
-        mesh_path = run if run.suffix in (".glb", ".obj", ".ply") else run / "mesh.glb"
-        if not mesh_path.is_file() and run.is_dir():
-            found = sorted(run.glob("*.glb")) + sorted(run.glob("*.obj")) + sorted(run.glob("*.ply"))
-            mesh_path = found[0] if found else mesh_path
-        folder = run if run.is_dir() else run.parent
-        prompt, pair = run_prompt(folder)
-        row = {"run": str(run), "prompt": prompt}
-        if pair is None:
-            row["error"] = "no toy prompt found (expected a colour and a shape word)"
-        elif not mesh_path.is_file():
-            row["error"] = f"no mesh at {mesh_path}"
-        else:
-            r = score_mesh(load_mesh(mesh_path), pair[1], pair[0])
-            row.update(colour=pair[0], shape=pair[1], held_out=pair in HELD_OUT, **r)
-        wall = (wall_times or {}).get(str(run), run_wall_time(folder))
-        row["wall_s"] = wall
-        rows.append(row)
-    scored = [r for r in rows if "error" not in r]
-
-    def figures(sel):
-        if not sel:
-            return None
-        return {"shape_acc": round(float(np.mean([r["shape_ok"] for r in sel])), 4),
-                "colour_acc": round(float(np.mean([r["colour_ok"] for r in sel])), 4),
-                "mean_iou": round(float(np.mean([r["iou"] for r in sel])), 4),
-                "objects": len(sel)}
-
-    walls = [r["wall_s"] for r in rows if r.get("wall_s") is not None]
-    return {"rows": rows, "overall": figures(scored), "held_out": figures([r for r in scored if r["held_out"]]),
-            "trained": figures([r for r in scored if not r["held_out"]]),
-            "mean_wall_s": round(float(np.mean(walls)), 1) if walls else None}
-
-
 def print_table(result: dict) -> None:
     print(f"{'prompt':<28} {'held':>4} {'shape->pred':<20} {'IoU':>5} {'colour->pred':<18} {'wall s':>7}")
     for r in result["rows"]:
@@ -235,48 +158,6 @@ def print_table(result: dict) -> None:
     print(f"mean wall time per object: {result['mean_wall_s']} s")
 
 
-# ---------------------------------------------------------------------------------------------- 3D per shape / colour
-_REF_AREA: dict = {}
-
-
-def surface_area_ratio(run: Path, shape: str) -> float | None:
-    """Surface area of a run's mesh over that of the prompted primitive (toy.measures.reference_mesh)."""
-    from dreamfield.toy.measures import load_mesh, reference_mesh
-
-    path = run if run.suffix in (".glb", ".obj", ".ply") else run / "mesh.glb"
-    if not path.is_file():
-        return None
-    if shape not in _REF_AREA:
-        _REF_AREA[shape] = float(reference_mesh(shape, res=128).area)
-    mesh = load_mesh(path)
-    if isinstance(mesh, __import__("trimesh").Scene):
-        mesh = mesh.to_geometry()
-    return float(mesh.area) / _REF_AREA[shape]
-
-
-def breakdown(rows: list[dict]) -> dict:
-    """Per shape and per colour (and overall): shape/colour accuracy, mean IoU, mean colour error (RGB distance
-    of the mean visible albedo to the spec colour), mean surface-area ratio to the primitive, mean wall time."""
-    scored = [r for r in rows if "error" not in r]
-    for r in scored:
-        rgb = r.get("mean_rgb")
-        r["colour_err"] = None if rgb is None else float(np.linalg.norm(np.subtract(rgb, COLOURS[r["colour"]])))
-        r["area_ratio"] = surface_area_ratio(Path(r["run"]), r["shape"])
-
-    def figures(sel):
-        def mean(key):
-            vals = [float(r[key]) for r in sel if r.get(key) is not None]
-            return round(float(np.mean(vals)), 4) if vals else None
-
-        return {"objects": len(sel), "shape_acc": mean("shape_ok"), "colour_acc": mean("colour_ok"),
-                "mean_iou": mean("iou"), "colour_err": mean("colour_err"), "area_ratio": mean("area_ratio"),
-                "wall_s": mean("wall_s")}
-
-    return {"by_shape": {s: figures([r for r in scored if r["shape"] == s]) for s in SHAPES},
-            "by_colour": {c: figures([r for r in scored if r["colour"] == c]) for c in COLOUR_NAMES},
-            "all": figures(scored)}
-
-
 def print_breakdown(result: dict) -> None:
     cols = ("objects", "shape_acc", "colour_acc", "mean_iou", "colour_err", "area_ratio", "wall_s")
     print(f"{'':<10}" + "".join(f"{c:>11}" for c in cols))
@@ -287,24 +168,13 @@ def print_breakdown(result: dict) -> None:
 
 
 def generate(a: argparse.Namespace, extra: list[str]) -> tuple[list[Path], dict]:
-    """Run ``dreamfield generate`` for the 12 evaluation prompts through ``dreamfield batch`` (one Ray task each,
-    ``a.jobs`` at a time, into ``a.gen_root/<prompt with dashes>/``); returns run folders and wall times (each
-    run's own, from its start to its end, export included). Finished runs are kept (a rerun skips them and
-    resumes interrupted ones); a failed run is reported and the others go on.
+    """The evaluation prompts (12, or the 36 pairs with --all) generated through ``dreamfield batch``
+    (:func:`dreamfield.batch.toy_batch`) into ``a.gen_root``; returns run folders and wall times."""
+    from dreamfield.batch import toy_batch
+    from dreamfield.toy.domain import ALL_PAIRS
 
-    With ``--jobs N > 1`` every run gets one thread (``OMP_NUM_THREADS=1``, ``--set run.threads=1``): on the
-    2-core CPU, two runs side by side with a thread each is how the README's per-object times were measured.
-    """
-    from dreamfield.batch import BatchEntry, BatchOptions, run_batch
-
-    root = Path(a.gen_root)
-    prompts = [caption(c, s) for c, s in (ALL_PAIRS if getattr(a, "all", False) else EVAL_3D)]
-    entries = [BatchEntry(p, slug=p.replace(" ", "-")) for p in prompts]
-    opts = BatchOptions(extra_args=tuple(extra), jobs=max(1, a.jobs), threads_per_run=1 if a.jobs > 1 else None,
-                        command=(a.dreamfield,) if a.dreamfield else None)
-    result = run_batch(entries, root, opts)
-    runs = [root / e.slug for e in entries]
-    return runs, {str(root / r["slug"]): r.get("wall_seconds") for r in result.rows}
+    pairs = ALL_PAIRS if getattr(a, "all", False) else EVAL_3D
+    return toy_batch(Path(a.gen_root), pairs, extra, a.jobs, (a.dreamfield,) if a.dreamfield else None)
 
 
 def eval_3d(a: argparse.Namespace, extra: list[str]) -> dict:

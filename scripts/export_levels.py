@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-for p in (str(REPO), str(REPO / "scripts")):
+for p in (str(REPO),):
     if p not in sys.path:
         sys.path.insert(0, p)
 
 from dreamfield.run import load_run_scene  # noqa: E402
 from dreamfield.export.mesh import blur_density  # noqa: E402
 from dreamfield.toy.measures import classify_occupancy, grid_points  # noqa: E402
-from eval_toy import run_prompt  # noqa: E402
+from dreamfield.toy.evaluate import run_prompt  # noqa: E402
 
 
 @torch.no_grad()

@@ -1,10 +1,8 @@
-"""scripts/eval_toy.py 3d --generate: the 12 prompts, passed arguments, and --jobs running runs side by side
+"""The toy evaluation's runs (dreamfield.batch.toy_batch, what scripts/eval_toy.py 3d --generate calls): the 12 prompts, passed arguments, and --jobs running runs side by side
 (through dreamfield batch, with a stand-in dreamfield)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import stat
@@ -13,14 +11,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "eval_toy.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("eval_toy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from dreamfield.batch import toy_batch
+from dreamfield.toy.domain import caption
+from dreamfield.toy.evaluate import EVAL_3D
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,13 +40,11 @@ sys.exit(3 if "torus" in sys.argv[2] else 0)
 
 
 def test_generate_runs_every_prompt_jobs_at_a_time_with_one_thread_each(tmp_path):
-    m = _load()
     fake = tmp_path / "fake_dreamfield"
     fake.write_text(FAKE.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    a = argparse.Namespace(gen_root=str(tmp_path / "runs"), dreamfield=str(fake), jobs=2)
-    runs, walls = m.generate(a, ["--seed", "7"])
-    assert [r.name for r in runs] == [m.caption(c, s).replace(" ", "-") for c, s in m.EVAL_3D]
+    runs, walls = toy_batch(tmp_path / "runs", EVAL_3D, ["--seed", "7"], jobs=2, command=(str(fake),))
+    assert [r.name for r in runs] == [caption(c, s).replace(" ", "-") for c, s in EVAL_3D]
     assert len(runs) == 12 and set(walls) == {str(r) for r in runs} and min(walls.values()) >= 0.3
     recs = [json.loads((r / "fake.json").read_text()) for r in runs]
     for r, rec in zip(runs, recs):
@@ -74,11 +65,33 @@ def test_generate_runs_every_prompt_jobs_at_a_time_with_one_thread_each(tmp_path
 
 
 def test_generate_one_job_keeps_the_callers_threads(tmp_path):
-    m = _load()
     fake = tmp_path / "fake_dreamfield"
     fake.write_text(FAKE.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    m.EVAL_3D = m.EVAL_3D[:2]
-    runs, _ = m.generate(argparse.Namespace(gen_root=str(tmp_path / "r"), dreamfield=str(fake), jobs=1), [])
+    runs, _ = toy_batch(tmp_path / "r", EVAL_3D[:2], [], jobs=1, command=(str(fake),))
     rec = json.loads((runs[0] / "fake.json").read_text())
     assert "run.threads=1" not in rec["argv"] and len(runs) == 2
+
+
+def test_score_runs_reads_a_reference_mesh_run(tmp_path):
+    # a run folder holding the red cube's own reference mesh scores as a red cube with IoU ~1
+    import json as _json
+
+    from dreamfield.export.mesh import save_mesh
+    from dreamfield.toy.evaluate import breakdown, find_pair, score_runs
+    from dreamfield.toy.measures import reference_mesh, world_to_gltf
+
+    run = tmp_path / "a-red-cube-20260101"
+    run.mkdir()
+    (run / "prompt.json").write_text(_json.dumps({"command": "generate", "prompt": "a red cube"}))
+    mesh = reference_mesh("cube", (0.85, 0.15, 0.15), res=64)
+    mesh.vertices = world_to_gltf(mesh.vertices)
+    save_mesh(mesh, run / "mesh", ["glb"])
+    result = score_runs([run])
+    row = result["rows"][0]
+    assert (row["shape_pred"], row["colour_pred"], row["held_out"]) == ("cube", "red", False)
+    assert row["iou"] > 0.95 and result["overall"]["shape_acc"] == 1.0
+    assert find_pair("a-blue-torus-2026") == ("blue", "torus") and find_pair("nothing here") is None
+    table = breakdown(result["rows"])
+    assert table["by_shape"]["cube"]["objects"] == 1 and table["by_shape"]["cube"]["colour_err"] < 0.02
+    assert 0.9 < table["by_shape"]["cube"]["area_ratio"] < 1.1
