@@ -387,37 +387,44 @@ def _walk(node: Any, prefix: str = ""):
             yield key, value
 
 
+def _need(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: must be {rule}, got {value}")
+
+
+def _check_choices(cfg: Config) -> None:
+    """Every setting that names one of a few options."""
+
+    def choice(key: str, value: str, allowed: Sequence[str]) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+    choice("field.kind", cfg.field.kind, ("grid", "hashgrid"))
+    choice("field.density_activation", cfg.field.density_activation, ("softplus", "exp"))
+    choice("field.normals", cfg.field.normals, ("finite_difference", "autograd"))
+    choice("field.grid_decoder", cfg.field.grid_decoder, ("direct", "mlp"))
+    choice("render.background", cfg.render.background, ("constant", "mlp"))
+    choice("guidance.space", cfg.guidance.space, ("latent", "image"))
+    choice("guidance.weighting", cfg.guidance.weighting, ("sds", "uniform", "snr_sqrt"))
+    choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))
+    choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "bfloat16", "float32"))
+    if not (cfg.run.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.run.device)):
+        raise ConfigError(f"run.device: {cfg.run.device!r} is not one of auto, cpu, cuda, cuda:N")
+    for fmt in cfg.export.formats:
+        choice("export.formats", fmt, ("glb", "obj", "ply"))
+    choice("export.colour", cfg.export.colour, ("texture", "vertex"))
+    _need(bool(cfg.export.formats), "export.formats", "a non-empty list", cfg.export.formats)
+
+
 def validate(cfg: Config) -> None:
     """Every check OmegaConf's types cannot express, in one place, before anything is written: every number
     finite, then choices, ranges and cross-field rules. One-line ConfigError on the first failure."""
     for key, value in _walk(cfg):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}: must be a finite number, got {value}")
-
-    def choice(key: str, value: str, allowed: Sequence[str]) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-
-    def need(ok: bool, key: str, rule: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: must be {rule}, got {value}")
-
+    _check_choices(cfg)
+    need = _need
     f, cam, r, g, o, run, ex = cfg.field, cfg.camera, cfg.render, cfg.guidance, cfg.optim, cfg.run, cfg.export
-    choice("field.kind", f.kind, ("grid", "hashgrid"))
-    choice("field.density_activation", f.density_activation, ("softplus", "exp"))
-    choice("field.normals", f.normals, ("finite_difference", "autograd"))
-    choice("field.grid_decoder", f.grid_decoder, ("direct", "mlp"))
-    choice("render.background", r.background, ("constant", "mlp"))
-    choice("guidance.space", g.space, ("latent", "image"))
-    choice("guidance.weighting", g.weighting, ("sds", "uniform", "snr_sqrt"))
-    choice("sample.method", cfg.sample.method, ("ddim", "ddpm", "langevin"))
-    choice("prior.dtype", cfg.prior.dtype, ("auto", "float16", "bfloat16", "float32"))
-    if not (run.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", run.device)):
-        raise ConfigError(f"run.device: {run.device!r} is not one of auto, cpu, cuda, cuda:N")
-    for fmt in ex.formats:
-        choice("export.formats", fmt, ("glb", "obj", "ply"))
-    choice("export.colour", ex.colour, ("texture", "vertex"))
-    need(bool(ex.formats), "export.formats", "a non-empty list", ex.formats)
 
     def at_least(lo: float, *keys: str, strict: bool = False) -> None:
         for key in keys:
@@ -486,7 +493,8 @@ def validate(cfg: Config) -> None:
              "edit.anchor_points", "edit.before_after_views", "sample.steps", "sample.n")
     at_least(0, "edit.import_radius", strict=True)
     at_least(0, "export.compare_views")
-    at_least(1, "export.compare_resolution", "export.texture_size")
+    at_least(1, "export.compare_resolution")
+    at_least(16, "export.texture_size")
     _validate_surface(cfg)
 
 
@@ -497,7 +505,6 @@ def _validate_surface(cfg: Config) -> None:
     def need(ok: bool, key: str, rule: str, value: Any) -> None:
         if not ok:
             raise ConfigError(f"{key}: must be {rule}, got {value}")
-
     need(sf.steps is None or sf.steps >= 1, "surface.steps", ">= 1 or null (optim.steps // 4)", sf.steps)
     need(sf.resolution >= 4, "surface.resolution", ">= 4", sf.resolution)
     for key in ("surface.init_level", "surface.beta_min"):

@@ -147,8 +147,10 @@ def test_toy_scorer_reads_the_texture_colour(tmp_path):
 
 
 def test_export_asset_rejects_a_bad_colour_option(tmp_path):
-    with pytest.raises(ValueError, match="export.colour: 'uv' is not one of texture, vertex"):
-        export_asset(SphereField(), ExportConfig(colour="uv", resolution=16), 1.0, tmp_path / "m", ["glb"], "cpu")
-    with pytest.raises(ValueError, match="export.texture_size must be >= 16"):
-        export_asset(SphereField(), ExportConfig(texture_size=8, resolution=32, threshold=None, density_blur=0.0),
-                     1.0, tmp_path / "m", ["glb"], "cpu")
+    # the settings are validated once, when the config loads
+    from dreamfield.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="export.colour: 'uv' is not one of texture, vertex"):
+        load_config([], ["export.colour=uv"])
+    with pytest.raises(ConfigError, match="export.texture_size: must be >= 16"):
+        load_config([], ["export.texture_size=8"])
