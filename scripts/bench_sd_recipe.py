@@ -1,7 +1,8 @@
 """configs/sd21.yaml at its own render size on this machine: peak memory and seconds per step.
 
 The recipe's scene (hash-grid field, MLP background, 64x64 renders, 128 dense samples per ray, finite-difference
-normals, latent SDS) is what costs memory on a CPU; the prior is a miniature of SD's architecture
+normals, latent SDS; then its surface stage, 128^3 SDF, capped at the same number of steps) is what costs
+memory on a CPU; the prior is a miniature of SD's architecture
 (``make_random_sd.py --tiny``), so the figure is the scene's, not a full-size UNet's. Each case runs the real
 command, ``python -m dreamfield generate ... --config configs/sd21.yaml``, in a fresh process, and its peak
 resident memory is read from the kernel (``resource.getrusage(RUSAGE_CHILDREN)``).
@@ -32,7 +33,7 @@ def run_case(model: Path, out: Path, steps: int, threads: int, resolution: int, 
            "--model", str(model), "--device", "cpu", "--steps", str(steps), "--out", str(out), "--no-export", "--quiet",
            "--set", f"render.resolution={resolution}", "--set", f"render.n_samples={samples}",
            "--set", f"run.threads={threads}", "--set", "run.log_every=1", "--set", "run.preview_every=0",
-           "--set", "run.checkpoint_seconds=0"]
+           "--set", "run.checkpoint_seconds=0", "--set", f"surface.steps={steps}"]
     # a fresh interpreter per case: RUSAGE_CHILDREN's maximum then belongs to this case alone
     probe = [sys.executable, "-c", "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)", *cmd]
