@@ -23,15 +23,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dreamfield.checkpoint import load_checkpoint  # noqa: E402
+from dreamfield.config import load_config  # noqa: E402
 from dreamfield.export.mesh import EmptyMeshError, extract_mesh, save_mesh  # noqa: E402
 from dreamfield.files import write_text  # noqa: E402
-from dreamfield.run import load_run_scene  # noqa: E402
+from dreamfield.scene.scene import load_scene_state, make_scene  # noqa: E402
 
 
 def export_coarse(run: Path) -> Path:
     out = run / "coarse"
     out.mkdir(exist_ok=True)
-    cfg, scene, device = load_run_scene(run)  # checkpoints/last.pt: the coarse stage
+    # checkpoints/last.pt is the coarse stage (run.load_run_scene gives a two-stage run's surface scene instead)
+    cfg, device = load_config([run / "config.yaml"]), "cpu"
+    scene = make_scene(cfg, device)
+    load_scene_state(scene, load_checkpoint(run / "checkpoints" / "last.pt")["scene"], run / "checkpoints" / "last.pt")
     t0 = time.perf_counter()
     try:
         mesh = extract_mesh(scene.field, cfg.export, cfg.field.bound, device)
