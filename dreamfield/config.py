@@ -172,7 +172,9 @@ class SurfaceConfig:
     """The surface stage after the coarse density stage (dreamfield.surface): a signed-distance voxel grid
     started from the coarse field's level set and refined with the same distillation (VolSDF density)."""
 
-    enabled: bool = True  # false: one density stage, as before (configs/one_stage.yaml)
+    # off by default: on the reported seed it was worse on geometry than the one-stage default (docs/RESULTS.md,
+    # "Surface stage"); configs/surface.yaml turns it on
+    enabled: bool = False
     # Adam steps of the surface stage, after optim.steps of the coarse stage; None = optim.steps // 4 (so --steps
     # scales both stages). The stage shrinks objects slowly (SDS's targets blur the rim toward the background),
     # so it is kept short
