@@ -39,6 +39,7 @@ from typing import Iterator, Optional, Sequence
 from urllib.parse import quote
 
 from dreamfield.files import clean_tmp, read_json, write_text
+from dreamfield.run import slugify  # generate's rule for run-folder names
 
 DONE = "done.json"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -72,12 +73,6 @@ class BatchEntry:
     steps: Optional[int] = None
     overrides: tuple[str, ...] = ()  # "key=value", as for --set
     slug: str = ""  # the run folder's name under DIR; set by assign_slugs
-
-
-def slugify(text: str, max_len: int = 40) -> str:
-    """``"A red cube!"`` -> ``"a-red-cube"`` (the rule of ``generate``'s default run folders)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].strip("-") or "run"
 
 
 def _yaml_entry(item, where: str) -> BatchEntry:

@@ -14,6 +14,7 @@ Every file goes through :mod:`dreamfield.files` (temporary name + rename) or
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -79,11 +80,11 @@ class RunFolder:
     def record_overrides(self, cfg: Config) -> None:
         """On resume: settings given now apply from here on; config.yaml is rewritten to say so, and one
         line names what changed."""
-        saved = load_config([self.dir / "config.yaml"])
-        changed = [k for k, v in _leaves(cfg) if _leaves_dict(saved).get(k) != v]
+        saved = _settings(load_config([self.dir / "config.yaml"]))
+        changed = {k: v for k, v in _settings(cfg).items() if saved.get(k) != v}
         if changed:
             write_text(self.dir / "config.yaml", to_yaml(cfg))
-            say(f"resume applies {', '.join(f'{k}={v}' for k, v in _leaves(cfg) if k in changed)} (config.yaml updated)")
+            say(f"resume applies {', '.join(f'{k}={v}' for k, v in changed.items())} (config.yaml updated)")
 
     def write_json(self, name: str, obj: dict) -> Path:
         return write_text(self.dir / name, json.dumps(obj, indent=2) + "\n")
@@ -149,18 +150,10 @@ class RunFolder:
         return write_report(self.dir)
 
 
-def _leaves(cfg: Config) -> list[tuple[str, object]]:
-    import dataclasses
-
-    out = []
-    for section in dataclasses.fields(cfg):
-        node = getattr(cfg, section.name)
-        out += [(f"{section.name}.{f.name}", getattr(node, f.name)) for f in dataclasses.fields(node)]
-    return out
-
-
-def _leaves_dict(cfg: Config) -> dict:
-    return dict(_leaves(cfg))
+def _settings(cfg: Config) -> dict[str, object]:
+    """{"section.key": value} of every setting (a list or tuple is one value)."""
+    return {f"{section.name}.{f.name}": getattr(getattr(cfg, section.name), f.name)
+            for section in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, section.name))}
 
 
 def save_image(image: Image.Image, path: Path) -> Path:

@@ -44,6 +44,8 @@ from typing import Callable
 
 import torch
 
+from dreamfield.files import write_text
+
 Tensor = torch.Tensor
 
 __all__ = [
@@ -242,12 +244,6 @@ def _first_error(message: str) -> str:
     return _one_line(lines[0] if lines else message, 240)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_or_reuse(root: Path, key: str, build: Callable[[Path], object]) -> tuple[Path, object | None, bool]:
     """The cached ``root/key/nerfacc_cuda.so``, building it first if absent.
 
@@ -323,7 +319,7 @@ def _compile(tmp: Path, home: Path, arch: str, verbose: bool, manifest: dict) ->
     manifest["seconds"] = round(time.perf_counter() - start, 1)
     for obj in [*tmp.glob("*.o"), tmp / ".ninja_deps"]:  # only the .so is loaded later
         obj.unlink(missing_ok=True)
-    _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return module
 
 
@@ -383,7 +379,7 @@ def ensure_nerfacc_cuda(verbose: bool = False, device: torch.device | None = Non
         except NerfaccUnavailable:
             raise
         except Exception as e:
-            _write_atomic(log, f"{_first_error(e)}\n{type(e).__name__}: {e}\n")
+            write_text(log, f"{_first_error(e)}\n{type(e).__name__}: {e}\n")
             raise NerfaccUnavailable(f"compiling nerfacc's CUDA extension failed: {_first_error(e)} (log: {log})")
 
     so, module, cached = build_or_reuse(root, key, build)
