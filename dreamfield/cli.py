@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="a run folder made by generate or edit")
     x.add_argument("--format", action="extend", nargs="+", default=None, choices=["glb", "obj", "ply"],
                    help="one or more of glb obj ply (repeatable); default export.formats")
-    x.add_argument("--threshold", type=float, default=None, help="density level for marching cubes")
+    x.add_argument("--threshold", type=float, default=None,
+                   help="density level for marching cubes (instead of the level fitted to the field's silhouette)")
     x.add_argument("--resolution", type=int, default=None, help="marching-cubes grid per side")
     x.add_argument("--no-video", action="store_true")
     x.add_argument("--frames", type=int, default=None, help="turntable frames")
@@ -142,7 +143,7 @@ def cmd_export(args) -> int:
     run, _ = find_run(args.run_dir)
     overrides = [f"export.{key}={value}" for key, value in
                  (("threshold", args.threshold), ("resolution", args.resolution), ("video_frames", args.frames))
-                 if value is not None]
+                 if value is not None] + (["export.level=threshold"] if args.threshold is not None else [])
     cfg, scene, _ = load_run_scene(args.run_dir, args.device, overrides)
     export_run(cfg, scene, run, formats=args.format, video=not args.no_video, strict=True)
     return 0

@@ -211,6 +211,11 @@ class ExportConfig:
     # their surface at 5 with a steep profile (the edit defaults: no blur).
     threshold: Optional[float] = 2.6
     density_blur: float = 0.06
+    # "silhouette": the level (of the blurred density, or of an SDF) whose mesh covers the pixels the field's render
+    # shows (opacity > 0.5 in the compare views), so what is exported is what was rendered; "threshold": the level
+    # above. The fit uses the compare views: with compare_views 0, or nothing opaque in them, the threshold is used
+    # (export.json's level_rule says which).
+    level: str = "silhouette"
     formats: list[str] = field(default_factory=lambda: ["glb"])
     min_component: float = 0.05  # drop components with fewer faces than this share of the largest
     smooth_iterations: int = 0
@@ -219,6 +224,9 @@ class ExportConfig:
     # "vertex": per-vertex colours (linear COLOR_0 in GLB). PLY always has sRGB vertex colours.
     colour: str = "texture"
     texture_size: int = 1024  # texture side in texels
+    # vertex colours and texels: the field's albedo composited along the inward normal from +depth to -depth (world
+    # units), the colour a render looking at the surface shows (export/albedo.py); 0 = the albedo at the surface point
+    colour_depth: float = 0.06
     # mesh vs field at every export: views on the video orbit rendered both ways (0 = skip), and their size;
     # the field's volume render is most of the cost
     compare_views: int = 6
@@ -415,6 +423,7 @@ def _check_choices(cfg: Config) -> None:
     for fmt in cfg.export.formats:
         choice("export.formats", fmt, ("glb", "obj", "ply"))
     choice("export.colour", cfg.export.colour, ("texture", "vertex"))
+    choice("export.level", cfg.export.level, ("silhouette", "threshold"))
     _need(bool(cfg.export.formats), "export.formats", "a non-empty list", cfg.export.formats)
 
 
@@ -488,8 +497,8 @@ def validate(cfg: Config) -> None:
     # export, edit, sample
     need(ex.resolution == 0 or ex.resolution >= 2, "export.resolution", "0 (auto) or >= 2", ex.resolution)
     need(ex.threshold is None or ex.threshold > 0, "export.threshold", "> 0 or null (auto)", ex.threshold)
-    at_least(0, "export.density_blur", "export.smooth_iterations", "export.target_faces", "edit.mesh_fit_steps",
-             "sample.eta")
+    at_least(0, "export.density_blur", "export.colour_depth", "export.smooth_iterations", "export.target_faces",
+             "edit.mesh_fit_steps", "sample.eta")
     need(0 <= ex.min_component <= 1, "export.min_component", "in [0, 1]", ex.min_component)
     at_least(1, "export.video_frames", "export.video_fps", "export.video_resolution", "export.chunk",
              "edit.anchor_points", "edit.before_after_views", "sample.steps", "sample.n")

@@ -222,11 +222,10 @@ def export_run(cfg: Config, scene: Scene, run: RunFolder, formats: Optional[Sequ
     t0 = time.perf_counter()
     clean_tmp(run.dir)  # leftovers of an export that was killed mid-write
     try:
-        # a surface scene's mesh is its SDF's zero level set (what it renders); a density field's, a level of it
-        mesh = extract_sdf_mesh(scene.field, cfg.export, cfg.field.bound, scene.device) \
-            if isinstance(scene.field, SdfGridField) else None
+        # a surface scene's mesh is a level set of its SDF; a density field's, a level of its density
+        extract = extract_sdf_mesh if isinstance(scene.field, SdfGridField) else None
         info = export_asset(scene.field, cfg.export, cfg.field.bound, run.dir / "mesh", formats, scene.device,
-                            cfg.render, cfg.camera, mesh=mesh)
+                            cfg.render, cfg.camera, extract=extract)
         run.write_json("export.json", info)
         fit = info["mesh_vs_field"] or {}
         texture = f", {info['texture_size']}^2 texture" if info["texture_size"] else ""

@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
 
 from dreamfield.checkpoint import load_checkpoint  # noqa: E402
 from dreamfield.config import load_config  # noqa: E402
-from dreamfield.export.mesh import EmptyMeshError, extract_mesh, save_mesh  # noqa: E402
+from dreamfield.export.mesh import EmptyMeshError, export_asset  # noqa: E402
 from dreamfield.files import write_text  # noqa: E402
 from dreamfield.scene.scene import load_scene_state, make_scene  # noqa: E402
 
@@ -39,8 +39,10 @@ def export_coarse(run: Path) -> Path:
     load_scene_state(scene, load_checkpoint(run / "checkpoints" / "last.pt")["scene"], run / "checkpoints" / "last.pt")
     t0 = time.perf_counter()
     try:
-        mesh = extract_mesh(scene.field, cfg.export, cfg.field.bound, device)
-        save_mesh(mesh, out / "mesh", ["glb"])
+        info = export_asset(scene.field, cfg.export, cfg.field.bound, out / "mesh", ["glb"], device, cfg.render,
+                            cfg.camera)  # the level rule and comparison of a one-stage run's own export
+        write_text(out / "export.json", json.dumps(info) + "
+")
     except EmptyMeshError as exc:
         print(f"{run}: no coarse mesh ({exc})")
     export_s = time.perf_counter() - t0

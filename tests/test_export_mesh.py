@@ -158,8 +158,9 @@ def test_y_up_axis_map_and_top_colour(two_colour_glb):
     # world +z (the top colour) is +Y
     colours = np.asarray(mesh.visual.vertex_colors)[:, :3]
     y = mesh.vertices[:, 1] - cz
-    assert (colours[y > 0.02] == rgb8(BLUE)).all()
-    assert (colours[y < -0.02] == rgb8(RED)).all()
+    # (one 8-bit step: the colour is a weighted mean along the normal, and 0.30 * 255 = 76.5 rounds either way)
+    assert np.abs(colours[y > 0.02].astype(int) - rgb8(BLUE)).max() <= 1
+    assert np.abs(colours[y < -0.02].astype(int) - rgb8(RED)).max() <= 1
     # outward winding survived the rotation: positive volume, normals point away from the centre
     assert mesh.is_watertight and mesh.volume > 0
     radial = mesh.vertices - expected_centre

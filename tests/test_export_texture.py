@@ -52,7 +52,9 @@ def gradient_mesh():
 def gradient_files(gradient_mesh, tmp_path_factory) -> dict:
     field, _ = gradient_mesh
     out = tmp_path_factory.mktemp("texture")
-    cfg = ExportConfig(density_blur=0.0, threshold=None, resolution=64, texture_size=512, formats=["glb", "obj", "ply"])
+    # colour_depth 0: texels hold the albedo at their own point (test_surface_albedo_* check the composite)
+    cfg = ExportConfig(density_blur=0.0, threshold=None, resolution=64, texture_size=512, formats=["glb", "obj", "ply"],
+                       colour_depth=0.0)
     info = export_asset(field, cfg, 1.0, out / "mesh", None, "cpu")
     return {"info": info, "dir": out}
 

@@ -5,7 +5,7 @@ Pipeline (data flows one way)::
     density_grid(field)            (R, R, R) density on the scene box [-bound, bound]^3
       -> marching cubes at `level`   world-space triangles (z up)
       -> drop floaters, smooth, decimate, outward normals
-      -> albedo at the vertices      sRGB [0, 1] -> 8-bit RGBA vertex colours
+      -> colour at the vertices      albedo.py: composited along the normal, sRGB -> 8-bit RGBA
       -> world (z up) to glTF (Y up) x_out = y_w, y_out = z_w, z_out = x_w   (TOY_DOMAIN.md)
       -> texture_mesh (texture.py)   uv charts + the albedo baked into a PNG (export.colour = "texture")
       -> save_mesh                   GLB / OBJ + MTL + PNG / PLY (gltf.py writes the GLB and OBJ)
@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,10 +54,13 @@ import trimesh
 from skimage import measure
 
 from dreamfield.config import CameraConfig, ExportConfig, RenderConfig
+from dreamfield.export.albedo import surface_albedo
 from dreamfield.export.gltf import WORLD_TO_GLTF, glb_bytes, obj_files, png_bytes
+from dreamfield.export.raster import FieldViews, field_views, mesh_vs_field, render_mesh
 from dreamfield.files import write_bytes, write_text
 
 DEFAULT_LEVEL = 5.0  # density units; see the module docstring
+LEVEL_ITERATIONS = 12  # bisection steps of the silhouette level fit: (max - min) / 4096 of the grid's range
 FORMATS = ("glb", "obj", "ply")
 COLOURS = ("texture", "vertex")
 assert round(float(np.linalg.det(WORLD_TO_GLTF))) == 1
@@ -151,6 +154,42 @@ def marching_cubes(grid: torch.Tensor, level: float, bound: float) -> tuple[np.n
     return verts, faces.astype(np.int64)
 
 
+def level_silhouette(grid: torch.Tensor, level: float, bound: float, min_component: float,
+                     views: FieldViews) -> torch.Tensor:
+    """(B, 1, H, W) bool: the pixel centres that the surface {grid = level} (floaters dropped as in the
+    export) covers from views.cams; nothing where the level leaves no surface."""
+    try:
+        verts, faces = marching_cubes(grid, level, bound)
+    except EmptyMeshError:
+        return torch.zeros_like(views.silhouette)
+    mesh = drop_floaters(trimesh.Trimesh(vertices=verts, faces=faces, process=True), min_component)
+    return render_mesh(mesh, views.cams, views.resolution, views.resolution, gltf_frame=False).mask > 0.5
+
+
+def silhouette_level(grid: torch.Tensor, bound: float, min_component: float, views: FieldViews,
+                     iterations: int = LEVEL_ITERATIONS) -> tuple[float, float]:
+    """The level whose surface covers what the field's render shows: (level, IoU of the two silhouettes).
+
+    The target is the field's rendered silhouette, opacity > 0.5 (views.silhouette). Superlevel sets are
+    nested, {grid >= b} inside {grid >= a} for b > a, so the surface's silhouette shrinks as the level rises:
+    bisection over (grid min, grid max) for the level whose silhouette has the target's pixel count, and
+    of the levels tried the one of highest IoU with the target is returned (the count alone could be met by
+    a shape that covers other pixels). IoU 0 everywhere (nothing in view) returns (nan, 0).
+    """
+    target = views.silhouette
+    want = int(target.sum())
+    lo, hi = float(grid.min()), float(grid.max())
+    best = (math.nan, 0.0)
+    for _ in range(iterations):
+        level = 0.5 * (lo + hi)
+        got = level_silhouette(grid, level, bound, min_component, views)
+        iou = float((got & target).sum()) / max(float((got | target).sum()), 1.0)
+        if iou > best[1]:
+            best = (level, iou)
+        lo, hi = (level, hi) if int(got.sum()) > want else (lo, level)
+    return best
+
+
 def drop_floaters(mesh: trimesh.Trimesh, min_component: float) -> trimesh.Trimesh:
     """Keep the connected components with at least ``min_component * (faces of the largest)`` faces."""
     if min_component <= 0:
@@ -163,23 +202,19 @@ def drop_floaters(mesh: trimesh.Trimesh, min_component: float) -> trimesh.Trimes
     return trimesh.util.concatenate(keep)
 
 
-@torch.no_grad()
-def vertex_albedo(field, vertices: np.ndarray, chunk: int = 262144, device=None) -> np.ndarray:
-    """The field's albedo at world-space vertices as 8-bit RGBA.
+def vertex_albedo(field, vertices: np.ndarray, normals: np.ndarray, depth: float = 0.0, chunk: int = 262144,
+                  device=None) -> np.ndarray:
+    """The colour the field shows at world-space vertices (albedo.surface_albedo: composited along the
+    inward normal over `depth`; 0 = the albedo at the vertex) as 8-bit RGBA.
 
     Args:
         field: ``field(x (N, 3)) -> (sigma (N,), albedo (N, 3) in [0, 1])`` (sRGB).
-        vertices: (V, 3) world positions (z up).
+        vertices, normals: (V, 3) world positions (z up) and outward normals.
     Returns:
         (V, 4) uint8, alpha 255.
     """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    x = torch.as_tensor(vertices, dtype=torch.float32)
-    rgb = torch.empty(len(x), 3)
-    for start in range(0, len(x), chunk):
-        _, albedo = field(x[start : start + chunk].to(device))
-        rgb[start : start + chunk] = albedo.float().cpu()
-    rgb8 = torch.round(rgb.clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+    rgb = surface_albedo(field, vertices, normals, depth, chunk, device)
+    rgb8 = torch.round(rgb * 255.0).to(torch.uint8).numpy()
     return np.concatenate([rgb8, np.full((len(rgb8), 1), 255, np.uint8)], axis=1)
 
 
@@ -210,12 +245,14 @@ def blur_density(grid: torch.Tensor, sigma: float, bound: float) -> torch.Tensor
     return out[0, 0]
 
 
-def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh.Trimesh:
+def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
+                 views: Optional[FieldViews] = None) -> trimesh.Trimesh:
     """The field's surface as a coloured triangle mesh in glTF's Y-up frame.
 
     Steps: density grid (cfg.resolution, or 256 on CUDA / 128 on CPU when 0) -> optional Gaussian blur
-    (cfg.density_blur, world units: evens out the grain of SDS densities) -> marching cubes at
-    :func:`choose_level` (cfg.threshold overrides) -> components with fewer than
+    (cfg.density_blur, world units: evens out the grain of SDS densities) -> marching cubes at the level
+    of cfg.level: "silhouette" fits it to the field's render (:func:`silhouette_level`, needs `views`),
+    "threshold" (or no views, or nothing opaque in them) is :func:`choose_level` -> components with fewer than
     cfg.min_component x the largest one's faces dropped -> cfg.smooth_iterations of Taubin
     smoothing (shrinks far less than plain Laplacian) -> quadric decimation to cfg.target_faces
     (needs the fast_simplification package) -> consistent outward winding -> vertex colours from
@@ -225,9 +262,11 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh
         field: forward(x (N, 3)) -> (sigma (N,), albedo (N, 3)) and density(x) -> (N,), on `device`.
         bound: the scene box is [-bound, bound]^3 (FieldConfig.bound).
         device: where the field lives (default CPU).
+        views: the field's render (raster.field_views) that the "silhouette" level is fitted to.
     Returns:
-        trimesh.Trimesh with vertex colours (V, 4) uint8; ``mesh.metadata["level"]`` holds the
-        level used.
+        trimesh.Trimesh with vertex colours (V, 4) uint8; ``mesh.metadata`` holds ``level`` (the level
+        used), ``level_rule`` ("silhouette" or "threshold") and ``level_iou`` (the fit's silhouette IoU,
+        None for a threshold).
     Raises:
         EmptyMeshError when nothing exceeds the level; ValueError for bad settings.
     """
@@ -235,7 +274,11 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh
     resolution = cfg.resolution or default_resolution(device)
 
     grid = blur_density(density_grid(field, resolution, bound, cfg.chunk, device), cfg.density_blur, bound)
-    level = choose_level(grid, cfg.threshold)
+    level, rule, fit_iou = choose_level(grid, cfg.threshold), "threshold", None
+    if cfg.level == "silhouette" and views is not None and bool(views.silhouette.any()):
+        fitted, iou = silhouette_level(grid, bound, cfg.min_component, views)
+        if iou > 0:
+            level, rule, fit_iou = fitted, "silhouette", round(iou, 4)
     verts, faces = marching_cubes(grid, level, bound)
 
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
@@ -252,14 +295,14 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh
             ) from None
     trimesh.repair.fix_normals(mesh, multibody=True)
 
-    colours = vertex_albedo(field, mesh.vertices, cfg.chunk, device)
+    colours = vertex_albedo(field, mesh.vertices, mesh.vertex_normals, cfg.colour_depth, cfg.chunk, device)
     out = trimesh.Trimesh(
         vertices=mesh.vertices @ WORLD_TO_GLTF.T,
         faces=mesh.faces,
         vertex_colors=colours,
         process=False,
     )
-    out.metadata["level"] = level
+    out.metadata.update(level=level, level_rule=rule, level_iou=fit_iou)
     return out
 
 
@@ -323,42 +366,49 @@ def save_mesh(mesh: trimesh.Trimesh, out_stem: str | Path, formats: Sequence[str
 
 def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, formats: Optional[Sequence[str]] = None,
                  device=None, render_cfg: Optional[RenderConfig] = None,
-                 camera_cfg: Optional[CameraConfig] = None, mesh: Optional[trimesh.Trimesh] = None) -> dict:
-    """The whole mesh export of a field: extract, texture (cfg.colour), write, compare with the field.
+                 camera_cfg: Optional[CameraConfig] = None, extract: Optional[Callable[..., trimesh.Trimesh]] = None) -> dict:
+    """The whole mesh export of a field: render it, extract, texture (cfg.colour), write, compare with the field.
 
-    mesh: the surface when the caller extracted it already (e.g. an SDF's zero level set, glTF frame,
-    as :func:`extract_mesh` returns it); None = :func:`extract_mesh`.
+    extract: ``extract(field, cfg, bound, device, views) -> mesh`` in glTF's frame, as :func:`extract_mesh`
+    (the default) is; e.g. sdf_mesh.extract_sdf_mesh for an SDF field.
 
-    The comparison (raster.mesh_vs_field) renders cfg.compare_views views on an orbit at
-    cfg.video_elevation, camera_cfg.preview_distance and camera_cfg.preview_fov, at
-    cfg.compare_resolution; skipped when render_cfg or camera_cfg is None or cfg.compare_views == 0.
+    The field is rendered once (raster.field_views: cfg.compare_views views on an orbit at
+    cfg.video_elevation, camera_cfg.preview_distance and camera_cfg.preview_fov, at cfg.compare_resolution);
+    the "silhouette" level is fitted to that render and the mesh compared with it (raster.mesh_vs_field).
+    Both are skipped (the level is export.threshold's) when render_cfg or camera_cfg is None or
+    cfg.compare_views == 0.
 
-    Returns dict (JSON-serialisable): paths, faces, vertices, level, colour, texture_size (None for
-    vertex colours), mesh_vs_field (raster.mesh_vs_field's dict or None), seconds {mesh, texture,
-    write, compare, total}.
+    Returns dict (JSON-serialisable): paths, faces, vertices, level, level_rule, level_iou, colour,
+    texture_size (None for vertex colours), mesh_vs_field (raster.mesh_vs_field's dict or None),
+    seconds {views, mesh, texture, write, compare, total}.
     Raises:
         EmptyMeshError when nothing exceeds the level; ValueError for bad settings.
     """
-    from dreamfield.export.raster import mesh_vs_field
     from dreamfield.export.texture import texture_mesh
     from dreamfield.scene.cameras import orbit_cameras
 
     formats = list(formats if formats is not None else cfg.formats)
+    extract = extract or extract_mesh
     seconds = {}
     t0 = t = time.perf_counter()
-    if mesh is None:
-        mesh = extract_mesh(field, cfg, bound, device)
+    views = None
+    if render_cfg is not None and camera_cfg is not None and cfg.compare_views > 0:
+        cams = orbit_cameras(cfg.compare_views, cfg.video_elevation, camera_cfg.preview_distance, camera_cfg.preview_fov)
+        views = field_views(field, render_cfg, cams, cfg.compare_resolution)
+    seconds["views"], t = time.perf_counter() - t, time.perf_counter()
+    mesh = extract(field, cfg, bound, device, views)
     seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()
     textured = None
     if cfg.colour == "texture" and ("glb" in formats or "obj" in formats):  # PLY carries vertex colours only
-        textured = texture_mesh(field, mesh, np.asarray(mesh.vertices) @ WORLD_TO_GLTF, cfg.texture_size, cfg.chunk, device)
+        textured = texture_mesh(field, mesh, np.asarray(mesh.vertices) @ WORLD_TO_GLTF, cfg.texture_size, cfg.chunk,
+                                device, np.asarray(mesh.vertex_normals) @ WORLD_TO_GLTF, cfg.colour_depth)
     seconds["texture"], t = time.perf_counter() - t, time.perf_counter()
     paths = save_mesh(mesh, out_stem, formats, textured)
     seconds["write"], t = time.perf_counter() - t, time.perf_counter()
     figures = None
-    if render_cfg is not None and camera_cfg is not None and cfg.compare_views > 0:
-        cams = orbit_cameras(cfg.compare_views, cfg.video_elevation, camera_cfg.preview_distance, camera_cfg.preview_fov)
-        figures = mesh_vs_field(field, textured if textured is not None else mesh, render_cfg, cams, cfg.compare_resolution)
+    if views is not None:
+        figures = mesh_vs_field(field, textured if textured is not None else mesh, render_cfg, views.cams,
+                                cfg.compare_resolution, views=views)
     seconds["compare"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     return {
@@ -366,6 +416,8 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
         "faces": int(len(mesh.faces)),
         "vertices": int(len((textured if textured is not None else mesh).vertices)),
         "level": None if mesh.metadata.get("level") is None else float(mesh.metadata["level"]),
+        "level_rule": mesh.metadata.get("level_rule"),
+        "level_iou": mesh.metadata.get("level_iou"),
         "colour": "texture" if textured is not None else "vertex",
         "texture_size": cfg.texture_size if textured is not None else None,
         "mesh_vs_field": figures,

@@ -242,12 +242,45 @@ def psnr(a: Tensor, b: Tensor, mask: Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
 
 
+@dataclass(frozen=True)
+class FieldViews:
+    """The field as the comparison sees it: volume-rendered with shading "albedo" over white
+    (midpoint samples) from `cams` at resolution x resolution.
+
+    rgb: (B, 3, H, W) in [0, 1]; opacity: (B, 1, H, W); colour: (B, 3, H, W) the composited albedo
+    divided by the opacity (the mean colour along each ray).
+    """
+
+    cams: Cameras
+    resolution: int
+    rgb: Tensor
+    opacity: Tensor
+    colour: Tensor
+
+    @property
+    def silhouette(self) -> Tensor:
+        """(B, 1, H, W) bool: opacity > 0.5, where the render is more object than background."""
+        return self.opacity > 0.5
+
+
+@torch.no_grad()
+def field_views(field, render_cfg: RenderConfig, cams: Cameras, resolution: int) -> FieldViews:
+    """Render `field` for the mesh comparison and the silhouette level fit (see :class:`FieldViews`)."""
+    device = next((t.device for t in list(field.parameters()) + list(field.buffers())), torch.device("cpu"))
+    white = ConstantBackground((1.0, 1.0, 1.0)).to(device)
+    out = render(field, cams.to(device), resolution, resolution, render_cfg, white, "albedo", stratified=False)
+    opacity = out.opacity.float().cpu()
+    colour = (out.albedo.float().cpu() / opacity.clamp(min=1e-6)).clamp(0, 1)
+    return FieldViews(cams.to("cpu"), resolution, out.rgb.float().cpu().clamp(0, 1), opacity, colour)
+
+
 @torch.no_grad()
 def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: Cameras, resolution: int,
-                  gltf_frame: bool = True, supersample: int = 3) -> dict:
+                  gltf_frame: bool = True, supersample: int = 3, views: Optional[FieldViews] = None) -> dict:
     """How well an exported mesh reproduces the field it came from, seen from `cams`.
 
-    The field is volume-rendered with shading "albedo" over a white background (midpoint samples);
+    views: the field's render from the same cams and resolution when the caller has it already
+    (:func:`field_views`); None renders it here. The field is volume-rendered with shading "albedo" over a white background (midpoint samples);
     the mesh is rasterised unlit over white (:func:`render_mesh`), both at resolution x resolution,
     the mesh with supersample x supersample samples per pixel (a field's edge is soft over a pixel or
     so, its density profile; a hard-edged mesh would make every edge pixel a colour error).
@@ -265,13 +298,13 @@ def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: 
     Figures are rounded to 4 decimals; a PSNR is None where it is infinite (identical pixels) or
     undefined (no pixel to compare), so the dict is plain JSON.
     """
-    device = next((t.device for t in list(field.parameters()) + list(field.buffers())), torch.device("cpu"))
-    white = ConstantBackground((1.0, 1.0, 1.0)).to(device)
-    out = render(field, cams.to(device), resolution, resolution, render_cfg, white, "albedo", stratified=False)
-    field_rgb, opacity = out.rgb.float().cpu().clamp(0, 1), out.opacity.float().cpu()
-    field_colour = (out.albedo.float().cpu() / opacity.clamp(min=1e-6)).clamp(0, 1)
+    if views is None:
+        views = field_views(field, render_cfg, cams, resolution)
+    elif views.resolution != resolution or not torch.equal(views.cams.c2w, cams.to("cpu").c2w):
+        raise ValueError("mesh_vs_field: `views` were rendered from other cameras or at another resolution")
+    field_rgb, field_colour = views.rgb, views.colour
     got = render_mesh(mesh, cams, resolution, resolution, gltf_frame, supersample=supersample)
-    field_mask, mesh_mask = opacity > 0.5, got.mask > 0.5
+    field_mask, mesh_mask = views.silhouette, got.mask > 0.5
     inter, union = (field_mask & mesh_mask), (field_mask | mesh_mask)
     per_view = inter.flatten(1).sum(1).double() / union.flatten(1).sum(1).clamp(min=1).double()
     def figure(x: float):

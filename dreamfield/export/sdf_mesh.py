@@ -1,12 +1,12 @@
-"""The mesh of a signed-distance field: marching cubes at d = 0, the surface the SDF field renders.
+"""The mesh of a signed-distance field: marching cubes at d = 0 or at the d = c the render shows.
 
 :func:`dreamfield.export.mesh.extract_mesh` cuts a density grid at a level. An SDF field's surface is
 {d = 0}, intersected with the bounding sphere outside which the renderer sees no density:
 d_b(x) = max(d(x), |x| - bounding_radius). This module hands extract_mesh the shifted view
-OFFSET - d_b(x) as its "density" with level OFFSET and no blur. Marching cubes places a vertex on a
-cell edge by linear interpolation, which a constant shift does not change, so the triangles are
-exactly those of d_b = 0; every later step (floaters, smoothing, decimation, albedo at the vertices,
-Y up) is extract_mesh's.
+OFFSET - d_b(x) as its "density", with level OFFSET (d = 0) or the silhouette fit's, and no blur.
+Marching cubes places a vertex on a cell edge by linear interpolation, which a constant shift does
+not change, so the triangles are exactly those of d_b = OFFSET - level; every later step (floaters,
+smoothing, decimation, albedo at the vertices, Y up) is extract_mesh's.
 """
 
 from __future__ import annotations
@@ -35,15 +35,21 @@ class _ShiftedSdf:
         return self.field(x)
 
 
-def extract_sdf_mesh(field, cfg: ExportConfig, bound: float, device=None) -> trimesh.Trimesh:
-    """The zero level set of ``field.sdf`` as a coloured mesh in glTF's Y-up frame.
+def extract_sdf_mesh(field, cfg: ExportConfig, bound: float, device=None, views=None) -> trimesh.Trimesh:
+    """A level set of ``field.sdf`` as a coloured mesh in glTF's Y-up frame: d = 0, or with
+    cfg.level "silhouette" and `views` the d = c whose silhouette is the render's.
+
+    The volume render's opacity-0.5 edge is not exactly d = 0: a grazing ray gathers density from the
+    shell d < c over a long path (VolSDF's sigma = alpha Psi_beta(-d) is alpha / 2 at d = 0), so a render
+    looks a little larger than the zero level set, by about beta or two.
 
     Args:
         field: an SDF field: ``sdf(x (N, 3)) -> (N,)`` (negative inside), ``field(x) -> (sigma, albedo)``,
             ``bounding_radius`` (0 = none); e.g. :class:`dreamfield.scene.sdf.SdfGridField`.
-        cfg: the export settings; ``threshold`` and ``density_blur`` are not used (the level is d = 0).
+        cfg: the export settings; ``threshold`` and ``density_blur`` are not used.
+        views: raster.field_views of the field, for the "silhouette" level (None: d = 0).
     Returns:
-        as :func:`dreamfield.export.mesh.extract_mesh`, with ``metadata["level"] = 0.0`` (the SDF level).
+        as :func:`dreamfield.export.mesh.extract_mesh`, with ``metadata["level"]`` the SDF value c.
     Raises:
         EmptyMeshError when d > 0 everywhere on the grid.
     """
@@ -51,6 +57,6 @@ def extract_sdf_mesh(field, cfg: ExportConfig, bound: float, device=None) -> tri
 
     offset = 4.0 * bound  # above any distance inside the box (its diagonal is 2 sqrt(3) bound)
     mesh = extract_mesh(_ShiftedSdf(field, offset), dataclasses.replace(cfg, threshold=offset, density_blur=0.0),
-                        bound, device)
-    mesh.metadata["level"] = 0.0
+                        bound, device, views)
+    mesh.metadata["level"] = offset - float(mesh.metadata["level"])
     return mesh

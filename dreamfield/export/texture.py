@@ -5,7 +5,8 @@
       -> rasterise the uv triangles   per texel centre: the face it lies in and its barycentrics
       -> 3D point = sum_k b_k p_k     on the triangle (uv is affine per triangle, so the barycentrics
                                      of the texel in uv space are those of the 3D point)
-      -> albedo = field(point)        sRGB in [0, 1] -> 8-bit
+      -> colour at the point          albedo.py: the field composited along the interpolated normal
+                                     (export.colour_depth), sRGB in [0, 1] -> 8-bit
       -> fill the rest                every texel outside the charts takes its nearest chart texel's
                                      colour (Euclidean distance transform), so bilinear filtering and
                                      every mip level read chart colours only, never a background
@@ -19,6 +20,7 @@ threestudio ships its meshes the same way (xatlas + a baked diffuse map).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ import trimesh
 from PIL import Image
 from scipy import ndimage
 
+from dreamfield.export.albedo import surface_albedo
 from dreamfield.export.raster import rasterize
 
 CHART_PADDING = 4  # texels between charts in xatlas' own atlas size (which only approximates `size`)
@@ -64,17 +67,19 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int) -> Unwrapped:
 
 @torch.no_grad()
 def bake_albedo(field, points: np.ndarray, faces: np.ndarray, uv: np.ndarray, size: int,
-                chunk: int = 262144, device=None) -> np.ndarray:
-    """The field's albedo baked into a size x size sRGB texture.
+                chunk: int = 262144, device=None, normals: Optional[np.ndarray] = None, depth: float = 0.0) -> np.ndarray:
+    """The colour the field shows on the surface baked into a size x size sRGB texture.
 
     Args:
         field: ``field(x (N, 3)) -> (sigma (N,), albedo (N, 3) sRGB in [0, 1])`` on `device`.
         points: (V, 3) vertex positions in the field's frame (world, z up).
         faces: (F, 3); uv: (V, 2) in [0, 1] with v up (texel row r holds v = 1 - (r + 0.5) / size).
+        normals: (V, 3) outward vertex normals in that frame, interpolated per texel; with depth > 0 the
+            texel's colour is albedo.surface_albedo's (composited along the normal); else (or None) the
+            albedo at the texel's point.
     Returns:
         (size, size, 3) uint8.
     """
-    device = torch.device(device) if device is not None else torch.device("cpu")
     uv = torch.as_tensor(uv, dtype=torch.float64)
     xy = torch.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], dim=-1)
     faces_t = torch.as_tensor(np.asarray(faces), dtype=torch.int64)
@@ -82,12 +87,14 @@ def bake_albedo(field, points: np.ndarray, faces: np.ndarray, uv: np.ndarray, si
     covered = frag.face >= 0  # (S, S)
     if not covered.any():
         raise ValueError("texture bake: no texel centre falls inside a chart; raise export.texture_size")
-    corners = torch.as_tensor(np.asarray(points), dtype=torch.float64)[faces_t[frag.face[covered]]]  # (N, 3, 3)
-    x = (frag.bary[covered].double()[..., None] * corners).sum(1).float()  # (N, 3)
-    rgb = torch.empty(x.shape[0], 3)
-    for start in range(0, x.shape[0], chunk):
-        _, albedo = field(x[start : start + chunk].to(device))
-        rgb[start : start + chunk] = albedo.float().cpu()
+    corner_ids = faces_t[frag.face[covered]]  # (N, 3)
+    bary = frag.bary[covered].double()[..., None]  # (N, 3, 1)
+    x = (bary * torch.as_tensor(np.asarray(points), dtype=torch.float64)[corner_ids]).sum(1).float()  # (N, 3)
+    if normals is None or depth <= 0:
+        n, depth = torch.zeros_like(x), 0.0
+    else:
+        n = (bary * torch.as_tensor(np.asarray(normals), dtype=torch.float64)[corner_ids]).sum(1).float()
+    rgb = surface_albedo(field, x, n, depth, chunk, device)
     image = np.zeros((size, size, 3), np.uint8)
     image[covered.numpy()] = torch.round(rgb.clamp(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
     # nearest chart texel for every texel outside the charts
@@ -96,14 +103,17 @@ def bake_albedo(field, points: np.ndarray, faces: np.ndarray, uv: np.ndarray, si
 
 
 def texture_mesh(field, mesh: trimesh.Trimesh, world_vertices: np.ndarray, size: int,
-                 chunk: int = 262144, device=None) -> trimesh.Trimesh:
-    """A copy of `mesh` with uv charts and the field's albedo baked into a base-colour texture.
+                 chunk: int = 262144, device=None, world_normals: Optional[np.ndarray] = None,
+                 depth: float = 0.0) -> trimesh.Trimesh:
+    """A copy of `mesh` with uv charts and the field's colour baked into a base-colour texture.
 
     Args:
         mesh: the exported surface (any frame; glTF Y up for ours), F faces; its vertex normals are
             carried over, so shading stays smooth across chart seams.
         world_vertices: (V, 3) the same vertices in the field's frame, where the albedo is read.
         size: texture side in texels (>= 16).
+        world_normals, depth: the vertices' outward normals in the field's frame and the depth of
+            :func:`bake_albedo`'s composite (None / 0: the albedo at the surface point).
     Returns:
         trimesh.Trimesh with TextureVisuals (uv, PBRMaterial: baseColorTexture, metallic 0,
         roughness 1), vertices split along seams, the same F faces in the same order; metadata
@@ -113,7 +123,9 @@ def texture_mesh(field, mesh: trimesh.Trimesh, world_vertices: np.ndarray, size:
         raise ValueError(f"export.texture_size must be >= 16, got {size}")
     normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
     un = unwrap(np.asarray(world_vertices), np.asarray(mesh.faces), size)
-    image = bake_albedo(field, np.asarray(world_vertices)[un.vmapping], un.faces, un.uv, size, chunk, device)
+    world_n = None if world_normals is None else np.asarray(world_normals)[un.vmapping]
+    image = bake_albedo(field, np.asarray(world_vertices)[un.vmapping], un.faces, un.uv, size, chunk, device,
+                        world_n, depth)
     material = trimesh.visual.material.PBRMaterial(
         name="albedo", baseColorTexture=Image.fromarray(image, "RGB"), metallicFactor=0.0, roughnessFactor=1.0
     )
