@@ -1,18 +1,21 @@
-"""The one-stage result of a two-stage run, side by side: its coarse stage's checkpoint exported as before.
+"""The density stage of runs exported beside them, with any export settings: one-stage baselines and A/B
+comparisons of export settings on the very same runs.
 
 A two-stage ``generate`` run's coarse stage is exactly the one-stage run of the same config and seed
-(same steps, same RNG stream; the surface stage only comes after it). This writes, for each run folder,
-``<run>/coarse/`` with the coarse checkpoint's mesh (density level export.threshold after
-export.density_blur: the one-stage export), the run's prompt.json, and a timing.json whose optimise time
-is the coarse stage's (``coarse_optimize_seconds``), so ``eval_toy.py 3d <run>/coarse ...`` scores the
-one-stage baseline of the very same runs.
+(same steps, same RNG stream; the surface stage only comes after it), and ``checkpoints/last.pt`` holds it;
+in a one-stage run it is the run itself. This writes, for each run folder, ``<run>/<name>/`` (default
+``coarse``) with that checkpoint's mesh.glb exported as a one-stage run exports (the run's config, plus
+``--set`` overrides), its export.json, the run's prompt.json, and a timing.json whose optimise time is
+the density stage's, so ``eval_toy.py 3d <run>/<name> ...`` scores it.
 
     python scripts/export_coarse.py outputs/eval3d_s1/*/
     python scripts/eval_toy.py 3d outputs/eval3d_s1/*/coarse --breakdown
+    python scripts/export_coarse.py RUNS --name threshold --set export.level=threshold   # the old export level
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -30,37 +33,43 @@ from dreamfield.files import write_text  # noqa: E402
 from dreamfield.scene.scene import load_scene_state, make_scene  # noqa: E402
 
 
-def export_coarse(run: Path) -> Path:
-    out = run / "coarse"
+def export_coarse(run: Path, name: str = "coarse", overrides: tuple[str, ...] = ()) -> Path:
+    out = run / name
     out.mkdir(exist_ok=True)
-    # checkpoints/last.pt is the coarse stage (run.load_run_scene gives a two-stage run's surface scene instead)
-    cfg, device = load_config([run / "config.yaml"]), "cpu"
+    # checkpoints/last.pt is the density stage (run.load_run_scene gives a two-stage run's surface scene instead)
+    cfg, device = load_config([run / "config.yaml"], list(overrides)), "cpu"
     scene = make_scene(cfg, device)
     load_scene_state(scene, load_checkpoint(run / "checkpoints" / "last.pt")["scene"], run / "checkpoints" / "last.pt")
     t0 = time.perf_counter()
     try:
         info = export_asset(scene.field, cfg.export, cfg.field.bound, out / "mesh", ["glb"], device, cfg.render,
                             cfg.camera)  # the level rule and comparison of a one-stage run's own export
-        write_text(out / "export.json", json.dumps(info) + "
-")
+        write_text(out / "export.json", json.dumps(info) + "\n")
     except EmptyMeshError as exc:
-        print(f"{run}: no coarse mesh ({exc})")
+        print(f"{run}: no mesh ({exc})")
     export_s = time.perf_counter() - t0
     shutil.copy(run / "prompt.json", out / "prompt.json")
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
-    if timing.get("coarse_optimize_seconds") is not None:  # runs of an older generate did not record it
-        coarse = {"optimize_seconds": timing["coarse_optimize_seconds"], "export_seconds": export_s}
-        write_text(out / "timing.json", json.dumps(coarse) + "\n")
+    optimise = timing.get("coarse_optimize_seconds")
+    if optimise is None and not cfg.surface.enabled:
+        optimise = timing.get("optimize_seconds")  # a one-stage run: its whole optimisation
+    if optimise is not None:  # runs of an older two-stage generate did not record their coarse time
+        write_text(out / "timing.json", json.dumps({"optimize_seconds": optimise, "export_seconds": export_s}) + "\n")
     return out
 
 
 def main(argv=None) -> int:
-    runs = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
-    for run in runs:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders")
+    p.add_argument("--name", default="coarse", help="sub-folder to write (default: coarse)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the export, e.g. export.level=threshold (repeatable)")
+    a = p.parse_args(argv)
+    for run in a.runs:
         if not (run / "checkpoints" / "last.pt").is_file():
             print(f"{run}: no checkpoint, skipped")
             continue
-        print(export_coarse(run))
+        print(export_coarse(run, a.name, tuple(a.overrides)))
     return 0
 
 
