@@ -1,5 +1,6 @@
-"""Export before/after on toy-like fields: the old vertex-colour export (no decimation) against the
-default textured export (export_asset), on CPU, measured in one run.
+"""Export before/after on toy-like fields: the old vertex-colour export (no decimation, the threshold
+level, the albedo at the vertex) against the default textured export (export_asset: the level fitted to
+the render, the colour composited along the normal), on CPU, measured in one run.
 
 Each field is a toy reference primitive fitted into the default grid field (48^3, exp density) by
 ``mesh_import.fit_field_to_mesh``, as ``dreamfield edit MESH`` does; the export grid is 128^3 (the
@@ -9,6 +10,7 @@ file against the field's albedo.
 
     .venv/bin/python scripts/bench_export_mesh.py [--shapes cube torus cone] [--threads 1]
         [--threshold 5 --blur 0]   (the level and blur of an imported mesh's field, edit.yaml's)
+        [--level threshold]        (the default export at the threshold too; default: the config's level rule)
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--threshold", type=float, default=None, help="export.threshold (default: the config's)")
     ap.add_argument("--blur", type=float, default=None, help="export.density_blur (default: the config's)")
+    ap.add_argument("--level", choices=("silhouette", "threshold"), default=None,
+                    help="export.level of the default export (default: the config's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,13 +60,15 @@ def main() -> None:
         cfg.export.threshold = args.threshold
     if args.blur is not None:
         cfg.export.density_blur = args.blur
+    if args.level is not None:
+        cfg.export.level = args.level
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-          f"export.threshold {cfg.export.threshold}, density_blur {cfg.export.density_blur}")
+          f"export.threshold {cfg.export.threshold}, density_blur {cfg.export.density_blur}, level {cfg.export.level}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes:
             field, rgb = toy_field(shape, cfg)
-            old_cfg = replace(cfg.export, target_faces=0, colour="vertex")
+            old_cfg = replace(cfg.export, target_faces=0, colour="vertex", level="threshold", colour_depth=0.0)
             t = time.perf_counter()
             mesh = extract_mesh(field, old_cfg, cfg.field.bound, "cpu")
             before_path = save_mesh(mesh, Path(tmp) / f"{shape}_before", ["glb"])[0]
@@ -80,7 +86,7 @@ def main() -> None:
             row = {
                 "shape": shape, "albedo_255": [round(255 * c, 2) for c in rgb],
                 "before": {"faces": len(mesh.faces), "seconds": round(before_s, 2)},
-                "after": {k: info[k] for k in ("faces", "texture_size", "seconds", "mesh_vs_field")},
+                "after": {k: info[k] for k in ("faces", "texture_size", "level", "level_rule", "seconds", "mesh_vs_field")},
                 "vertex": {k: vertex_info[k] for k in ("faces", "seconds", "mesh_vs_field")},
                 "toy_scorer": read,
             }

@@ -31,10 +31,10 @@ CAMS = look_at(torch.tensor([0.0, 120.0, 240.0]), 20.0, 1.8, 45.0)
 PIXEL = 2 * 1.8 * math.tan(math.radians(22.5)) / RES  # a pixel's footprint at the centre's distance
 
 
-def silhouette_radius(field) -> float:
+def silhouette_radius(field, reach: float = 1.5) -> float:
     """b* with tau(b*) = ln 2 for a field centred at the origin: sigma summed along the line at distance b
-    (10^4 steps over [-1.5, 1.5], trapezoid), bisection on b."""
-    s = torch.linspace(-1.5, 1.5, 10001, dtype=torch.float64)
+    (10^4 steps over [-reach, reach], trapezoid), bisection on b in [0, reach]."""
+    s = torch.linspace(-reach, reach, 10001, dtype=torch.float64)
 
     def tau(b: float) -> float:
         x = torch.stack([s, torch.full_like(s, b), torch.zeros_like(s)], -1).float()
@@ -42,7 +42,7 @@ def silhouette_radius(field) -> float:
             sigma = field(x)[0].double()
         return float(torch.trapezoid(sigma, s))
 
-    lo, hi = 0.0, 1.0
+    lo, hi = 0.0, reach
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if tau(mid) > math.log(2.0) else (lo, mid)
@@ -169,3 +169,15 @@ def test_vertex_colours_use_the_composite_and_world_normals():
     assert (got - want).abs().max() <= 1.0 / 255 + 1e-6
     blue = float(got[:, 2].mean())
     assert 0.15 < blue < 0.85  # neither the outside colour alone nor the inside one
+
+
+def test_the_views_are_rendered_in_the_scenes_own_box(tmp_path):
+    # a sphere bigger than the default box [-1, 1]^3: rendered in [-1.5, 1.5]^3 its silhouette is whole
+    field = SphereField(radius=1.1, peak=8.0, width=0.05)
+    cfg = ExportConfig(density_blur=0.0, resolution=96, colour="vertex", compare_views=3, compare_resolution=RES)
+    info = export_asset(field, cfg, 1.5, tmp_path / "big", ["glb"], "cpu", RenderConfig(n_samples=192),
+                        CameraConfig(preview_distance=4.0, preview_fov=45.0))
+    assert info["level_rule"] == "silhouette" and info["mesh_vs_field"]["silhouette_iou"] > 0.97
+    rho = 1.1 + 0.05 * math.log(8.0 / info["level"] - 1.0)
+    pixel = 2 * 4.0 * math.tan(math.radians(22.5)) / RES
+    assert abs(rho - silhouette_radius(field, reach=2.5)) < 0.25 * pixel

@@ -394,7 +394,7 @@ def export_asset(field, cfg: ExportConfig, bound: float, out_stem: str | Path, f
     views = None
     if render_cfg is not None and camera_cfg is not None and cfg.compare_views > 0:
         cams = orbit_cameras(cfg.compare_views, cfg.video_elevation, camera_cfg.preview_distance, camera_cfg.preview_fov)
-        views = field_views(field, render_cfg, cams, cfg.compare_resolution)
+        views = field_views(field, render_cfg, cams, cfg.compare_resolution, bound)
     seconds["views"], t = time.perf_counter() - t, time.perf_counter()
     mesh = extract(field, cfg, bound, device, views)
     seconds["mesh"], t = time.perf_counter() - t, time.perf_counter()

@@ -264,11 +264,13 @@ class FieldViews:
 
 
 @torch.no_grad()
-def field_views(field, render_cfg: RenderConfig, cams: Cameras, resolution: int) -> FieldViews:
-    """Render `field` for the mesh comparison and the silhouette level fit (see :class:`FieldViews`)."""
+def field_views(field, render_cfg: RenderConfig, cams: Cameras, resolution: int, bound: float = 1.0) -> FieldViews:
+    """Render `field` in the box [-bound, bound]^3 for the mesh comparison and the silhouette level fit
+    (see :class:`FieldViews`)."""
     device = next((t.device for t in list(field.parameters()) + list(field.buffers())), torch.device("cpu"))
     white = ConstantBackground((1.0, 1.0, 1.0)).to(device)
-    out = render(field, cams.to(device), resolution, resolution, render_cfg, white, "albedo", stratified=False)
+    out = render(field, cams.to(device), resolution, resolution, render_cfg, white, "albedo", stratified=False,
+                 bound=bound)
     opacity = out.opacity.float().cpu()
     colour = (out.albedo.float().cpu() / opacity.clamp(min=1e-6)).clamp(0, 1)
     return FieldViews(cams.to("cpu"), resolution, out.rgb.float().cpu().clamp(0, 1), opacity, colour)
@@ -276,11 +278,13 @@ def field_views(field, render_cfg: RenderConfig, cams: Cameras, resolution: int)
 
 @torch.no_grad()
 def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: Cameras, resolution: int,
-                  gltf_frame: bool = True, supersample: int = 3, views: Optional[FieldViews] = None) -> dict:
+                  gltf_frame: bool = True, supersample: int = 3, views: Optional[FieldViews] = None,
+                  bound: float = 1.0) -> dict:
     """How well an exported mesh reproduces the field it came from, seen from `cams`.
 
     views: the field's render from the same cams and resolution when the caller has it already
-    (:func:`field_views`); None renders it here. The field is volume-rendered with shading "albedo" over a white background (midpoint samples);
+    (:func:`field_views`); None renders it here, in the box [-bound, bound]^3. The field is
+    volume-rendered with shading "albedo" over a white background (midpoint samples);
     the mesh is rasterised unlit over white (:func:`render_mesh`), both at resolution x resolution,
     the mesh with supersample x supersample samples per pixel (a field's edge is soft over a pixel or
     so, its density profile; a hard-edged mesh would make every edge pixel a colour error).
@@ -299,7 +303,7 @@ def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: 
     undefined (no pixel to compare), so the dict is plain JSON.
     """
     if views is None:
-        views = field_views(field, render_cfg, cams, resolution)
+        views = field_views(field, render_cfg, cams, resolution, bound)
     elif views.resolution != resolution or not torch.equal(views.cams.c2w, cams.to("cpu").c2w):
         raise ValueError("mesh_vs_field: `views` were rendered from other cameras or at another resolution")
     field_rgb, field_colour = views.rgb, views.colour
