@@ -181,3 +181,14 @@ def test_the_views_are_rendered_in_the_scenes_own_box(tmp_path):
     rho = 1.1 + 0.05 * math.log(8.0 / info["level"] - 1.0)
     pixel = 2 * 4.0 * math.tan(math.radians(22.5)) / RES
     assert abs(rho - silhouette_radius(field, reach=2.5)) < 0.25 * pixel
+
+
+def test_a_threshold_that_already_covers_the_render_is_kept():
+    # the soft sphere again, with the threshold at the level whose sphere is b* (rho(L) = b*): its mesh is
+    # the render's silhouette already, so the threshold stays (the fit would only move it within a pixel)
+    field = SphereField(radius=0.5, peak=8.0, width=0.05)
+    level = 8.0 / (1.0 + math.exp((silhouette_radius(field) - 0.5) / 0.05))
+    views = field_views(field, RenderConfig(n_samples=256), CAMS, RES)
+    mesh = extract_mesh(field, ExportConfig(density_blur=0.0, resolution=RES, threshold=level), 1.0, views=views)
+    assert mesh.metadata["level_rule"] == "threshold" and mesh.metadata["level"] == level
+    assert mesh.metadata["level_iou"] > 0.98

@@ -61,6 +61,9 @@ from dreamfield.files import write_bytes, write_text
 
 DEFAULT_LEVEL = 5.0  # density units; see the module docstring
 LEVEL_ITERATIONS = 12  # bisection steps of the silhouette level fit: (max - min) / 4096 of the grid's range
+# the threshold's level is kept unless the fitted one's silhouette IoU is higher by more than this: on a sharp
+# field a pixel's ring of silhouette spans a wide range of levels, and among those the fit would pick one at random
+LEVEL_TOLERANCE = 0.01
 FORMATS = ("glb", "obj", "ply")
 COLOURS = ("texture", "vertex")
 assert round(float(np.linalg.det(WORLD_TO_GLTF))) == 1
@@ -166,6 +169,12 @@ def level_silhouette(grid: torch.Tensor, level: float, bound: float, min_compone
     return render_mesh(mesh, views.cams, views.resolution, views.resolution, gltf_frame=False).mask > 0.5
 
 
+def silhouette_iou(mask: torch.Tensor, views: FieldViews) -> float:
+    """|mask & views.silhouette| / |mask | views.silhouette| over all views (0 when both are empty)."""
+    target = views.silhouette
+    return float((mask & target).sum()) / max(float((mask | target).sum()), 1.0)
+
+
 def silhouette_level(grid: torch.Tensor, bound: float, min_component: float, views: FieldViews,
                      iterations: int = LEVEL_ITERATIONS) -> tuple[float, float]:
     """The level whose surface covers what the field's render shows: (level, IoU of the two silhouettes).
@@ -176,14 +185,13 @@ def silhouette_level(grid: torch.Tensor, bound: float, min_component: float, vie
     of the levels tried the one of highest IoU with the target is returned (the count alone could be met by
     a shape that covers other pixels). IoU 0 everywhere (nothing in view) returns (nan, 0).
     """
-    target = views.silhouette
-    want = int(target.sum())
+    want = int(views.silhouette.sum())
     lo, hi = float(grid.min()), float(grid.max())
     best = (math.nan, 0.0)
     for _ in range(iterations):
         level = 0.5 * (lo + hi)
         got = level_silhouette(grid, level, bound, min_component, views)
-        iou = float((got & target).sum()) / max(float((got | target).sum()), 1.0)
+        iou = silhouette_iou(got, views)
         if iou > best[1]:
             best = (level, iou)
         lo, hi = (level, hi) if int(got.sum()) > want else (lo, level)
@@ -251,8 +259,9 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
 
     Steps: density grid (cfg.resolution, or 256 on CUDA / 128 on CPU when 0) -> optional Gaussian blur
     (cfg.density_blur, world units: evens out the grain of SDS densities) -> marching cubes at the level
-    of cfg.level: "silhouette" fits it to the field's render (:func:`silhouette_level`, needs `views`),
-    "threshold" (or no views, or nothing opaque in them) is :func:`choose_level` -> components with fewer than
+    of cfg.level: "threshold" (or no views, or nothing opaque in them) is :func:`choose_level`'s;
+    "silhouette" is the level fitted to the field's render (:func:`silhouette_level`, needs `views`) when
+    its silhouette IoU beats the threshold's by more than LEVEL_TOLERANCE -> components with fewer than
     cfg.min_component x the largest one's faces dropped -> cfg.smooth_iterations of Taubin
     smoothing (shrinks far less than plain Laplacian) -> quadric decimation to cfg.target_faces
     (needs the fast_simplification package) -> consistent outward winding -> vertex colours from
@@ -265,8 +274,8 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
         views: the field's render (raster.field_views) that the "silhouette" level is fitted to.
     Returns:
         trimesh.Trimesh with vertex colours (V, 4) uint8; ``mesh.metadata`` holds ``level`` (the level
-        used), ``level_rule`` ("silhouette" or "threshold") and ``level_iou`` (the fit's silhouette IoU,
-        None for a threshold).
+        used), ``level_rule`` ("silhouette" or "threshold") and ``level_iou`` (that level's silhouette IoU
+        with the render, before decimation; None without views).
     Raises:
         EmptyMeshError when nothing exceeds the level; ValueError for bad settings.
     """
@@ -277,8 +286,10 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
     level, rule, fit_iou = choose_level(grid, cfg.threshold), "threshold", None
     if cfg.level == "silhouette" and views is not None and bool(views.silhouette.any()):
         fitted, iou = silhouette_level(grid, bound, cfg.min_component, views)
-        if iou > 0:
-            level, rule, fit_iou = fitted, "silhouette", round(iou, 4)
+        fit_iou = silhouette_iou(level_silhouette(grid, level, bound, cfg.min_component, views), views)
+        if iou > fit_iou + LEVEL_TOLERANCE:
+            level, rule, fit_iou = fitted, "silhouette", iou
+        fit_iou = round(fit_iou, 4)
     verts, faces = marching_cubes(grid, level, bound)
 
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
