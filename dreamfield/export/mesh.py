@@ -283,13 +283,13 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
     resolution = cfg.resolution or default_resolution(device)
 
     grid = blur_density(density_grid(field, resolution, bound, cfg.chunk, device), cfg.density_blur, bound)
-    level, rule, fit_iou = choose_level(grid, cfg.threshold), "threshold", None
+    level, rule, level_iou = choose_level(grid, cfg.threshold), "threshold", None
     if cfg.level == "silhouette" and views is not None and bool(views.silhouette.any()):
-        fitted, iou = silhouette_level(grid, bound, cfg.min_component, views)
-        fit_iou = silhouette_iou(level_silhouette(grid, level, bound, cfg.min_component, views), views)
-        if iou > fit_iou + LEVEL_TOLERANCE:
-            level, rule, fit_iou = fitted, "silhouette", iou
-        fit_iou = round(fit_iou, 4)
+        fitted, fitted_iou = silhouette_level(grid, bound, cfg.min_component, views)
+        level_iou = silhouette_iou(level_silhouette(grid, level, bound, cfg.min_component, views), views)
+        if fitted_iou > level_iou + LEVEL_TOLERANCE:
+            level, rule, level_iou = fitted, "silhouette", fitted_iou
+        level_iou = round(level_iou, 4)
     verts, faces = marching_cubes(grid, level, bound)
 
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
@@ -313,7 +313,7 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
         vertex_colors=colours,
         process=False,
     )
-    out.metadata.update(level=level, level_rule=rule, level_iou=fit_iou)
+    out.metadata.update(level=level, level_rule=rule, level_iou=level_iou)
     return out
 
 
