@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-video", action="store_true")
     x.add_argument("--frames", type=int, default=None, help="turntable frames")
     x.add_argument("--device", default=None)
+    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one setting of the run's config for this export, e.g. --set export.colour=vertex")
 
     s = sub.add_parser("sample", help="2D samples from the prior (DDPM / DDIM / Langevin): a check before a 3D run")
     s.add_argument("prompt")
@@ -144,6 +146,7 @@ def cmd_export(args) -> int:
     overrides = [f"export.{key}={value}" for key, value in
                  (("threshold", args.threshold), ("resolution", args.resolution), ("video_frames", args.frames))
                  if value is not None] + (["export.level=threshold"] if args.threshold is not None else [])
+    overrides += args.overrides
     cfg, scene, _ = load_run_scene(args.run_dir, args.device, overrides)
     export_run(cfg, scene, run, formats=args.format, video=not args.no_video, strict=True)
     return 0

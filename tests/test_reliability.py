@@ -154,6 +154,9 @@ def catalogue(root: Path, model: str) -> list[tuple[list[str], str]]:
         (["export", run, "--threshold", "nan"], "export.threshold"),
         (["export", run, "--resolution", "1"], "export.resolution"),
         (["export", run, "--frames", "0"], "export.video_frames"),
+        (["export", run, "--set", "export.level=contour"], "export.level"),
+        (["export", run, "--set", "export.colour_depth=-1"], "export.colour_depth"),
+        (["export", run, "--set", "export.nonsense=1"], "export.nonsense"),
         (["export", str(root / "corrupt")], "corrupt"),
         # sample
         (["sample", "a red cube", *m, "--n", "0"], "--n"),
