@@ -1,5 +1,5 @@
 """The package's shape: imports point down (command -> flows -> loop -> run -> objectives/scene/prior/export
--> core), no import cycles, no function over 100 lines. Read from the source with ast, so a function-local
+-> core), no import cycles, no function over 100 lines, every script indexed. Read from the source with ast, so a function-local
 import counts as much as a top-level one."""
 
 from __future__ import annotations
@@ -104,3 +104,11 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake = tmp_path / "m.py"
     fake.write_text("def f():\n    from dreamfield.optimize import optimize\n")
     assert "dreamfield.optimize" in imports_of(fake)
+
+
+def test_every_script_is_listed_in_the_scripts_readme():
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    index = (scripts / "README.md").read_text()
+    missing = [p.name for p in sorted(scripts.iterdir()) if p.is_file() and p.name != "README.md"
+               and f"`{p.name}`" not in index]
+    assert not missing, f"scripts/README.md does not list {missing}"
