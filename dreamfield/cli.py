@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", action="extend", nargs="+", default=None, choices=["glb", "obj", "ply"],
                    help="one or more of glb obj ply (repeatable); default export.formats")
     x.add_argument("--threshold", type=float, default=None,
-                   help="density level for marching cubes (instead of the level fitted to the field's silhouette)")
+                   help="density level for marching cubes (and export.level=threshold)")
     x.add_argument("--resolution", type=int, default=None, help="marching-cubes grid per side")
     x.add_argument("--no-video", action="store_true")
     x.add_argument("--frames", type=int, default=None, help="turntable frames")

@@ -211,12 +211,12 @@ class ExportConfig:
     # their surface at 5 with a steep profile (the edit defaults: no blur).
     threshold: Optional[float] = 2.6
     density_blur: float = 0.06
-    # "silhouette": the level (of the blurred density, or of an SDF) whose mesh covers the pixels the field's render
-    # shows (opacity > 0.5 in the compare views), so what is exported is what was rendered, unless the threshold's
-    # mesh already covers them as well (silhouette IoU within 0.01); "threshold": the level above. The fit uses the
-    # compare views: with compare_views 0, or nothing opaque in them, the threshold is used (export.json's
-    # level_rule says which).
-    level: str = "silhouette"
+    # "threshold": the level above (an SDF: d = 0). "silhouette": the level (of the blurred density, or of an SDF)
+    # whose mesh covers the pixels the field's render shows (opacity > 0.5 in the compare views), unless the
+    # threshold's mesh already covers them as well (silhouette IoU within 0.01); with compare_views 0, or nothing
+    # opaque in them, the threshold. Not the default: on 36 toy pairs it matched the render better but cost shape
+    # accuracy (docs/RESULTS.md, "Export level fitted to the render"). export.json's level_rule says which was used.
+    level: str = "threshold"
     formats: list[str] = field(default_factory=lambda: ["glb"])
     min_component: float = 0.05  # drop components with fewer faces than this share of the largest
     smooth_iterations: int = 0
