@@ -199,3 +199,21 @@ def test_a_threshold_that_already_covers_the_render_is_kept():
                         views=views)
     assert mesh.metadata["level_rule"] == "threshold" and mesh.metadata["level"] == level
     assert mesh.metadata["level_iou"] > 0.98
+
+
+def test_texture_bake_composites_along_the_interpolated_normals():
+    # one triangle in the plane z = 0, normals +z at its corners: every texel inside holds the two-layer
+    # closed form, A above the plane first; with depth 0 the albedo at the point (z = 0 is B's side)
+    from dreamfield.export.texture import bake_albedo
+
+    depth, sigma0 = 0.05, 30.0
+    field = Layers(sigma0)
+    e = math.exp(-sigma0 * depth)
+    want = (field.a * (1 - e) + field.b * e * (1 - e)) / ((1 - e) + e * (1 - e))
+    points = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    normals = np.tile([0.0, 0.0, 2.0], (3, 1))
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    image = bake_albedo(field, points, np.array([[0, 1, 2]]), uv, 16, normals=normals, depth=depth)
+    np.testing.assert_array_equal(image[12, 3], np.round(want.numpy() * 255).astype(np.uint8))
+    flat = bake_albedo(field, points, np.array([[0, 1, 2]]), uv, 16, normals=normals, depth=0.0)
+    np.testing.assert_array_equal(flat[12, 3], np.round(field.b.numpy() * 255).astype(np.uint8))
