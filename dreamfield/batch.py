@@ -301,8 +301,6 @@ def run_one(spec: RunSpec) -> dict:
 # ---------------------------------------------------------------------------------------------- figures of a run
 
 
-
-
 def _flatten(data: dict, prefix: str) -> dict:
     """Scalars of a JSON object as ``prefix.key`` columns (one level of nesting: ``prefix.a.b``)."""
     out = {}

@@ -514,9 +514,7 @@ def _validate_surface(cfg: Config) -> None:
     """validate()'s checks of the surface section."""
     sf, g = cfg.surface, cfg.guidance
 
-    def need(ok: bool, key: str, rule: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: must be {rule}, got {value}")
+    need = _need
     need(sf.steps is None or sf.steps >= 1, "surface.steps", ">= 1 or null (optim.steps // 4)", sf.steps)
     need(sf.resolution >= 4, "surface.resolution", ">= 4", sf.resolution)
     for key in ("surface.init_level", "surface.beta_min"):

@@ -59,6 +59,8 @@ def surface_albedo(field, points: np.ndarray | torch.Tensor, normals: np.ndarray
         w = trans * alpha  # (n, k)
         total = w.sum(1, keepdim=True)
         ray = (w[..., None] * albedo).sum(1) / total.clamp(min=MIN_WEIGHT)
-        _, at_p = field(pc.to(device))
-        out[start : start + step] = torch.where(total >= MIN_WEIGHT, ray, at_p.float().cpu())
+        empty = (total[:, 0] < MIN_WEIGHT).nonzero().squeeze(1)
+        if empty.numel():  # nothing gathered along these rays: the albedo at the point
+            ray[empty] = field(pc[empty].to(device))[1].float().cpu()
+        out[start : start + step] = ray
     return out.clamp(0.0, 1.0)

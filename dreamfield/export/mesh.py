@@ -65,7 +65,6 @@ LEVEL_ITERATIONS = 12  # bisection steps of the silhouette level fit: (max - min
 # field a pixel's ring of silhouette spans a wide range of levels, and among those the fit would pick one at random
 LEVEL_TOLERANCE = 0.01
 FORMATS = ("glb", "obj", "ply")
-COLOURS = ("texture", "vertex")
 assert round(float(np.linalg.det(WORLD_TO_GLTF))) == 1
 
 
@@ -169,12 +168,6 @@ def level_silhouette(grid: torch.Tensor, level: float, bound: float, min_compone
     return render_mesh(mesh, views.cams, views.resolution, views.resolution, gltf_frame=False).mask > 0.5
 
 
-def silhouette_iou(mask: torch.Tensor, views: FieldViews) -> float:
-    """|mask & views.silhouette| / |mask | views.silhouette| over all views (0 when both are empty)."""
-    target = views.silhouette
-    return float((mask & target).sum()) / max(float((mask | target).sum()), 1.0)
-
-
 def silhouette_level(grid: torch.Tensor, bound: float, min_component: float, views: FieldViews,
                      iterations: int = LEVEL_ITERATIONS) -> tuple[float, float]:
     """The level whose surface covers what the field's render shows: (level, IoU of the two silhouettes).
@@ -191,7 +184,7 @@ def silhouette_level(grid: torch.Tensor, bound: float, min_component: float, vie
     for _ in range(iterations):
         level = 0.5 * (lo + hi)
         got = level_silhouette(grid, level, bound, min_component, views)
-        iou = silhouette_iou(got, views)
+        iou = views.iou(got)
         if iou > best[1]:
             best = (level, iou)
         lo, hi = (level, hi) if int(got.sum()) > want else (lo, level)
@@ -286,7 +279,7 @@ def extract_mesh(field, cfg: ExportConfig, bound: float, device=None,
     level, rule, level_iou = choose_level(grid, cfg.threshold), "threshold", None
     if cfg.level == "silhouette" and views is not None and bool(views.silhouette.any()):
         fitted, fitted_iou = silhouette_level(grid, bound, cfg.min_component, views)
-        level_iou = silhouette_iou(level_silhouette(grid, level, bound, cfg.min_component, views), views)
+        level_iou = views.iou(level_silhouette(grid, level, bound, cfg.min_component, views))
         if fitted_iou > level_iou + LEVEL_TOLERANCE:
             level, rule, level_iou = fitted, "silhouette", fitted_iou
         level_iou = round(level_iou, 4)

@@ -262,6 +262,11 @@ class FieldViews:
         """(B, 1, H, W) bool: opacity > 0.5, where the render is more object than background."""
         return self.opacity > 0.5
 
+    def iou(self, mask: Tensor) -> float:
+        """|mask & silhouette| / |mask | silhouette| summed over all views, mask (B, 1, H, W) bool (0 when
+        both are empty)."""
+        return float((mask & self.silhouette).sum()) / max(float((mask | self.silhouette).sum()), 1.0)
+
 
 @torch.no_grad()
 def field_views(field, render_cfg: RenderConfig, cams: Cameras, resolution: int, bound: float = 1.0) -> FieldViews:
@@ -315,7 +320,7 @@ def mesh_vs_field(field, mesh: trimesh.Trimesh, render_cfg: RenderConfig, cams: 
         return round(x, 4) if np.isfinite(x) else None
 
     return {
-        "silhouette_iou": figure(float(inter.sum()) / max(float(union.sum()), 1.0)),
+        "silhouette_iou": figure(views.iou(mesh_mask)),
         "silhouette_iou_min": figure(float(per_view.min())),
         "psnr_db": figure(psnr(field_rgb, got.rgb, torch.ones_like(got.mask))),
         "psnr_union_db": figure(psnr(field_rgb, got.rgb, union)),
