@@ -185,6 +185,10 @@ class SurfaceConfig:
     # 2.6 starts the stage inside the object it renders: 0.5 takes in the soft rim
     init_level: float = 0.5
     init_blur: float = 0.06
+    # a Gaussian blur (sigma, world units) of the starting signed distance: the level set of a grainy coarse
+    # field is bumpy at its voxel scale, and the stage keeps those bumps. Blurring an SDF moves a surface of mean
+    # curvature H by about sigma^2 H (the heat equation's first term), under a voxel for the toy's shapes
+    init_smooth: float = 0.0
     lr_sdf: float = 0.002  # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1))
     lr_color: float = 0.02  # albedo logits
     lr_beta: float = 0.01  # log of (beta - beta_min)
@@ -519,7 +523,7 @@ def _validate_surface(cfg: Config) -> None:
     need(sf.resolution >= 4, "surface.resolution", ">= 4", sf.resolution)
     for key in ("surface.init_level", "surface.beta_min"):
         need(_get(cfg, key) > 0, key, "> 0", _get(cfg, key))
-    for key in ("surface.init_blur", "surface.eikonal", "surface.p_albedo", "surface.p_lambertian",
+    for key in ("surface.init_blur", "surface.init_smooth", "surface.eikonal", "surface.p_albedo", "surface.p_lambertian",
                 "surface.p_textureless"):
         need(_get(cfg, key) >= 0, key, ">= 0", _get(cfg, key))
     for key in ("surface.lr_sdf", "surface.lr_color", "surface.lr_beta"):

@@ -30,7 +30,7 @@ from dreamfield.config import Config
 from dreamfield.distill.objectives import Term, View
 from dreamfield.scene.background import make_background
 from dreamfield.scene.scene import Scene
-from dreamfield.scene.sdf import SdfGridField, sdf_from_occupancy
+from dreamfield.scene.sdf import SdfGridField, sdf_from_occupancy, smooth_sdf
 
 SURFACE_DIR = "surface"  # the stage's folder inside the run folder (a run folder of its own)
 
@@ -98,7 +98,7 @@ def hand_over(cfg: Config, coarse: Scene, device: torch.device | str, say: Calla
     inside = blurred.numpy() > level
     scene = make_surface_scene(cfg, device)
     if inside.any() and not inside.all():
-        sdf = torch.from_numpy(sdf_from_occupancy(inside, bound))
+        sdf = torch.from_numpy(smooth_sdf(sdf_from_occupancy(inside, bound), s.init_smooth, bound))
     else:  # a uniform coarse field has no surface: the fresh field's sphere
         say("warning: the coarse field has no surface to hand over; the surface stage starts from a sphere")
         sdf = scene.field.sdf_grid.detach()[0, 0].cpu()

@@ -15,7 +15,7 @@ from scipy import stats
 
 from dreamfield.config import Config, ConfigError, SurfaceConfig, load_config
 from dreamfield.scene.cameras import get_rays, orbit_cameras
-from dreamfield.scene.sdf import SdfGridField, laplace_cdf, lattice_gradient, sdf_from_occupancy
+from dreamfield.scene.sdf import SdfGridField, laplace_cdf, lattice_gradient, sdf_from_occupancy, smooth_sdf
 
 R = 0.5  # the fresh field's sphere
 
@@ -103,6 +103,29 @@ def test_sdf_from_occupancy_matches_a_sphere_within_a_voxel():
     assert np.all(np.sign(sdf[np.abs(exact) > h]) == np.sign(exact[np.abs(exact) > h]))
     with pytest.raises(ValueError, match="no surface"):
         sdf_from_occupancy(np.zeros((8, 8, 8), bool), bound)
+
+
+def test_smoothing_a_sphere_sdf_shrinks_it_by_the_heat_equation_closed_form():
+    # E|x + sigma Z| over a 3-D Gaussian Z is rho + sigma^2 / rho (plus terms of order exp(-rho^2 / 2 sigma^2)), so
+    # the blurred sphere SDF |x| - r has its zero at rho + sigma^2 / rho = r: rho* = (r + sqrt(r^2 - 4 sigma^2)) / 2
+    n, bound, r, sigma = 129, 1.0, 0.5, 0.06
+    axis = np.linspace(-bound, bound, n)
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    sdf = (np.sqrt(x * x + y * y + z * z) - r).astype(np.float32)
+    blurred = smooth_sdf(sdf, sigma, bound).astype(np.float64)
+    line = blurred[n // 2, n // 2, n // 2:]  # along +x from the centre
+    i = int(np.flatnonzero(line > 0)[0])  # first node outside
+    x0, x1 = axis[n // 2 + i - 1], axis[n // 2 + i]
+    zero = x0 + (x1 - x0) * (-line[i - 1]) / (line[i] - line[i - 1])
+    expected = 0.5 * (r + math.sqrt(r * r - 4 * sigma * sigma))
+    h = 2 * bound / (n - 1)
+    assert abs(zero - expected) < 0.05 * h  # the shrink itself is sigma^2 / r ~ 0.46 h
+    assert abs(zero - r) > 0.4 * h
+    # a plane's SDF (linear) is unchanged away from the box faces; sigma 0 is the identity
+    plane = (x - 0.1).astype(np.float32)
+    inner = (slice(20, -20),) * 3
+    assert np.abs(smooth_sdf(plane, sigma, bound)[inner] - plane[inner]).max() < 1e-5
+    assert smooth_sdf(sdf, 0.0, bound) is sdf
 
 
 def test_sdf_export_is_the_zero_level_set():

@@ -152,3 +152,16 @@ def sdf_from_occupancy(inside: np.ndarray, bound: float) -> np.ndarray:
     inside_d = ndimage.distance_transform_edt(inside)
     sdf = np.where(inside, -(inside_d - 0.5), outside_d - 0.5) * h
     return sdf.astype(np.float32)
+
+
+def smooth_sdf(sdf: np.ndarray, sigma: float, bound: float) -> np.ndarray:
+    """A Gaussian blur of a signed-distance lattice (R, R, R), sigma in world units (0: unchanged).
+
+    d * G_sigma solves the heat equation for time sigma^2 / 2, so to first order it is
+    d + (sigma^2 / 2) lap d; an exact SDF has lap d = 2 H (twice the mean curvature), so the level set
+    d = 0 moves inward by sigma^2 H: a sphere of radius r shrinks by sigma^2 / r, a plane stays put.
+    The lattice's faces are extended by their nearest value (the box edge has no surface on it)."""
+    if sigma <= 0:
+        return sdf
+    h = 2.0 * bound / (sdf.shape[0] - 1)
+    return ndimage.gaussian_filter(sdf.astype(np.float64), sigma / h, mode="nearest").astype(np.float32)
