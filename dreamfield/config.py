@@ -172,24 +172,27 @@ class SurfaceConfig:
     """The surface stage after the coarse density stage (dreamfield.surface): a signed-distance voxel grid
     started from the coarse field's level set and refined with the same distillation (VolSDF density)."""
 
-    # off by default: on the reported seed it was worse on geometry than the one-stage default (docs/RESULTS.md,
-    # "Surface stage"); configs/surface.yaml turns it on
-    enabled: bool = False
+    # on by default since the 12-prompt tuning seed (docs/RESULTS.md, "Surface stage"): the same shapes as one
+    # stage, a third less colour error; configs/one_stage.yaml turns it off
+    enabled: bool = True
     # Adam steps of the surface stage, after optim.steps of the coarse stage; None = optim.steps // 4 (so --steps
-    # scales both stages). The stage shrinks objects slowly (SDS's targets blur the rim toward the background),
-    # so it is kept short
+    # scales both stages)
     steps: Optional[int] = None
     resolution: int = 64  # SDF and albedo voxels per side
-    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface.
-    # The coarse field is translucent (its render covers less than its 2.6 level set), and the export's level
-    # 2.6 starts the stage inside the object it renders: 0.5 takes in the soft rim
-    init_level: float = 0.5
+    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface:
+    # the one-stage export's (export.threshold 2.6 after export.density_blur 0.06), the shape the coarse stage is
+    # scored on. A lower level takes in the coarse field's soft rim, and the stage keeps that inflated start
+    # (0.5: cones, tori and pyramids 1.5-1.7x the primitive's area)
+    init_level: float = 2.6
     init_blur: float = 0.06
     # a Gaussian blur (sigma, world units) of the starting signed distance: the level set of a grainy coarse
-    # field is bumpy at its voxel scale, and the stage keeps those bumps. Blurring an SDF moves a surface of mean
-    # curvature H by about sigma^2 H (the heat equation's first term), under a voxel for the toy's shapes
+    # field is bumpy at its voxel scale. Blurring an SDF moves a surface of mean curvature H by about sigma^2 H
+    # (the heat equation's first term). Off: SDS regrows the bumps within the stage, and it cost IoU
     init_smooth: float = 0.0
-    lr_sdf: float = 0.002  # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1))
+    # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1)). Adam moves every voxel by about
+    # the rate each step whatever the gradient's size, so SDS's noise roughens and inflates the surface at
+    # faster rates; at this one the stage keeps the coarse shape and mostly sharpens it and fixes its colour
+    lr_sdf: float = 0.0005
     lr_color: float = 0.02  # albedo logits
     lr_beta: float = 0.01  # log of (beta - beta_min)
     beta_init: float = 0.02  # VolSDF's beta: the surface's transition thickness, world units

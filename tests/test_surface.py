@@ -167,6 +167,10 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
     _, a_coarse = coarse.field(pts)
     _, a_surf = scene.field(pts)
     assert torch.allclose(a_surf, a_coarse, atol=0.02)  # both trilinear, on different lattices
+    # surface.init_smooth blurs the start: the sphere shrinks by about sigma^2 / r, its surface stays within reach
+    smooth = hand_over(dataclasses.replace(cfg, surface=dataclasses.replace(cfg.surface, init_smooth=0.06)), coarse, "cpu")
+    d_plain, d_smooth = scene.field.sdf(0.4 * u), smooth.field.sdf(0.4 * u)
+    assert (d_smooth - d_plain).mean().item() == pytest.approx(0.06**2 / 0.4, abs=0.004)
 
 
 def test_stage_config_and_validation():
@@ -184,7 +188,7 @@ def test_stage_config_and_validation():
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config([], [bad])
     assert load_config(["configs/one_stage.yaml"]).surface.enabled is False
-    assert load_config([]).surface.enabled is False and load_config(["configs/surface.yaml"]).surface.enabled
+    assert load_config([]).surface.enabled is True  # the cascade is the default
     assert load_config(["configs/sd21.yaml"]).surface.resolution == 128
 
 
@@ -222,7 +226,7 @@ def _stop_in_stage(stage: int, n: int):
 def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
     from dreamfield.cli import main
 
-    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export", "--config", "configs/surface.yaml"] + FAST
+    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export"] + FAST  # the default: two stages
     full = tmp_path / "full"
     assert main(["generate", "a blue sphere", "--out", str(full)] + common) == 0
     assert (full / "surface" / "checkpoints" / "last.pt").is_file()
@@ -259,8 +263,8 @@ def test_one_stage_run_has_no_surface_folder_and_exports_the_sdf_otherwise(tiny_
     common = ["--model", str(tiny_sd_path), "--steps", "2"] + FAST + ["--set", "export.video_frames=2",
                                                                       "--set", "export.compare_views=0"]
     one = tmp_path / "one"
-    assert main(["generate", "a red cube", "--out", str(one)] + common) == 0  # the default: one stage
+    assert main(["generate", "a red cube", "--out", str(one), "--config", "configs/one_stage.yaml"] + common) == 0
     assert not (one / "surface").exists()
     two = tmp_path / "two"
-    assert main(["generate", "a red cube", "--out", str(two), "--config", "configs/surface.yaml"] + common) == 0
+    assert main(["generate", "a red cube", "--out", str(two)] + common) == 0  # the default: two stages
     assert (two / "surface" / "config.yaml").is_file() and (two / "turntable.mp4").is_file()
