@@ -14,7 +14,7 @@ eikonal term mean (|grad d| - 1)^2 over the lattice (Gropp et al. 2020, IGR) kee
 Both use central differences on the voxel lattice (one voxel step), like GridField's normals.
 
 :func:`sdf_from_occupancy` makes the starting grid from an inside/outside voxel mask (the coarse
-stage's density level set) with Euclidean distance transforms.
+stage's density level set) with Euclidean distance transforms; :func:`smooth_sdf` optionally blurs it.
 """
 
 from __future__ import annotations
