@@ -292,10 +292,16 @@ def test_an_export_killed_mid_write_keeps_the_previous_files(work, tiny_sd_path,
                             stderr=subprocess.PIPE)
     deadline, killed = time.time() + 120, False
     while proc.poll() is None and time.time() < deadline:
-        if any(".tmp-" in p.name for p in run.iterdir()):  # a write is under way
-            proc.kill()
-            killed = True
-            break
+        if any(".tmp-" in p.name for p in run.iterdir()):  # a write may be under way: freeze the writer and look again
+            os.kill(proc.pid, signal.SIGSTOP)
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)  # returns once it is stopped: no rename can slip in
+            if not os.WIFSTOPPED(status):  # it finished before the stop landed (and is reaped now)
+                break
+            if any(".tmp-" in p.name for p in run.iterdir()):
+                proc.kill()
+                killed = True
+                break
+            os.kill(proc.pid, signal.SIGCONT)  # the file was renamed before the stop landed: wait for the next write
         time.sleep(0.001)
     proc.communicate(timeout=60)
     assert killed
