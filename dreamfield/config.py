@@ -255,6 +255,14 @@ class EditConfig:
     keep_scale: bool = False  # true: keep the mesh file's own placement and units (read as glTF Y up)
     anchor_density: float = 0.0  # weight of mean |log1p(sigma_edit) - log1p(sigma_source)|^2 at random points (0 = off; ~1e4 holds a shape)
     anchor_points: int = 4096  # random points in the box per step for anchor_density
+    # weight lambda of DDS's source branch (dreamfield.distill.score.dds_grad): 1 = DDS, 0 = SDS on the target
+    # from the source scene (the source branch is then skipped). It goes linearly from source_weight at the first
+    # step to source_weight_end at the last (None = constant). DDS subtracts the source's own pull towards its
+    # prompt, so a source its prompt does not describe (a grey torus called "a green torus") drives the edit
+    # past the target; on the toy prior SDS's fixed point was nearer the target's colour (docs/RESULTS.md,
+    # "Edit colour"). configs/sd21.yaml keeps DDS (1): not measured on Stable Diffusion, where SDS at 7.5 blurs
+    source_weight: float = 0.0
+    source_weight_end: Optional[float] = None
     before_after_views: int = 6  # views on the preview orbit in before_after.png
 
 
@@ -511,6 +519,9 @@ def validate(cfg: Config) -> None:
     at_least(1, "export.video_frames", "export.video_fps", "export.video_resolution", "export.chunk",
              "edit.anchor_points", "edit.before_after_views", "sample.steps", "sample.n")
     at_least(0, "edit.import_radius", strict=True)
+    for key in ("edit.source_weight", "edit.source_weight_end"):
+        need(_get(cfg, key) is None or 0 <= _get(cfg, key) <= 1, key, "in [0, 1]" + (" or null" if "end" in key else ""),
+             _get(cfg, key))
     at_least(0, "export.compare_views")
     at_least(1, "export.compare_resolution")
     at_least(16, "export.texture_size")

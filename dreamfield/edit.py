@@ -16,7 +16,12 @@ the same t and eps, and follows the difference of the two guided noise predictio
 about them regardless of the prompt (the noisy, mode-seeking part of SDS that blurs and
 over-saturates) cancels between the two terms; only the change that the prompt edit asks for
 remains. With Gaussian priors the gradient has no noise at all and the edit converges to
-z_src + (mu_target - mu_source): tests/test_distill.py checks both.
+z_src + (mu_target - mu_source): tests/test_distill.py checks both. That is also its flaw: the
+source's own distance from what its prompt describes (z_src - mu_source) is carried into the edit,
+so a source its prompt does not describe is pushed past the target. ``edit.source_weight`` (lambda)
+weights the source branch, g = w(t) (eps_hat(z_t; y_target) - eps - lambda (eps_hat(z_src_t; y_source)
+- eps)), and may anneal (``edit.source_weight_end``); lambda = 0, the toy prior's default, is SDS
+from the source scene, whose fixed point is the target's (docs/RESULTS.md, "Edit colour").
 
 Preservation terms (``loss.preserve``, ``edit.anchor_density``; both off by default) belong to the
 objective: :class:`dreamfield.distill.objectives.DDS`. The edit defaults ship in the package
@@ -163,6 +168,15 @@ def _resume(run: RunFolder, files_: Sequence[str], overrides: Sequence[str]) -> 
     return cfg, source, make_scene(cfg, device), meta["source_prompt"], meta["prompt"]
 
 
+def edit_method(cfg: Config) -> str:
+    """What the edit follows: "dds", "sds" (source weight 0 throughout) or "dds -> sds" (annealed to 0)."""
+    e = cfg.edit
+    end = e.source_weight if e.source_weight_end is None else e.source_weight_end
+    if e.source_weight == 0 and end == 0:
+        return "sds"
+    return "dds" if end > 0 else "dds -> sds"
+
+
 def run_edit(
     source: Optional[str],
     source_prompt: Optional[str],
@@ -192,13 +206,14 @@ def run_edit(
     if cfg.prior.model is None:
         source_prompt, target_prompt = toy_prompt(source_prompt), toy_prompt(target_prompt)
     if not resume:
-        run.create(cfg, {"command": "edit", "prompt": target_prompt, "source_prompt": source_prompt, "method": "dds"})
+        run.create(cfg, {"command": "edit", "prompt": target_prompt, "source_prompt": source_prompt,
+                                "method": edit_method(cfg)})
         run.write_json("source.json", info)
         save_checkpoint(run.dir / SOURCE_SCENE, {"step": 0, "scene": src.state_dict()})
     else:
         run.open_for_resume()
         run.record_overrides(cfg)
-    say(f"editing {source_prompt!r} -> {target_prompt!r} (dds) in {run.dir} on {device}")
+    say(f"editing {source_prompt!r} -> {target_prompt!r} ({edit_method(cfg)}) in {run.dir} on {device}")
     t0 = time.perf_counter()
     embed_once(prior, cfg, target_prompt, source_prompt)
     objective = DDS(cfg, prior, target_prompt, src, source_prompt, edited)

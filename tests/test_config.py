@@ -56,6 +56,8 @@ def test_shipped_configs_load(name):
         (["optim.steps"], ["key=value"]),
         (["camera.azimuth_widen_steps=-5"], ["camera.azimuth_widen_steps", ">= 0"]),
         (["loss.tv=1", "field.kind=hashgrid"], ["loss.tv", "field.kind=grid"]),
+        (["edit.source_weight=1.5"], ["edit.source_weight", "in [0, 1]"]),
+        (["edit.source_weight_end=-0.1"], ["edit.source_weight_end", "in [0, 1] or null"]),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, must_contain):

@@ -64,7 +64,8 @@ def test_edit_a_run_folder_end_to_end(tiny_sd_path, source_run, tmp_path):
         assert (out / name).is_file(), name
     meta = json.loads((out / "prompt.json").read_text())
     # the source prompt defaults to the source run's prompt
-    assert meta == {"command": "edit", "prompt": "a blue cube", "source_prompt": "a red cube", "method": "dds"}
+    # the toy prior's default source weight 0: SDS from the source scene (docs/RESULTS.md, "Edit colour")
+    assert meta == {"command": "edit", "prompt": "a blue cube", "source_prompt": "a red cube", "method": "sds"}
     source = json.loads((out / "source.json").read_text())
     assert source["kind"] == "run" and source["prompt"] == "a red cube" and source["step"] == 2
     cfg_text = (out / "config.yaml").read_text()
@@ -86,9 +87,11 @@ def test_edit_a_run_folder_end_to_end(tiny_sd_path, source_run, tmp_path):
 
 def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path, interrupt_after):
     common = ["--model", str(tiny_sd_path), "--source-prompt", "a red sphere", "--target-prompt", "a blue sphere",
-              "--steps", "4", "--no-export", "--set", "run.checkpoint_every=1"] + FAST
+              "--steps", "4", "--no-export", "--set", "run.checkpoint_every=1",
+              "--set", "edit.source_weight=1", "--set", "edit.source_weight_end=0"] + FAST  # DDS annealed to SDS
     full = tmp_path / "full"
     assert main(["edit", str(sphere_glb), "--out", str(full)] + common) == 0
+    assert json.loads((full / "prompt.json").read_text())["method"] == "dds -> sds"
     source = json.loads((full / "source.json").read_text())
     assert source["kind"] == "mesh" and source["colour_source"] == "vertex" and source["watertight"]
     assert source["silhouette"]["iou"] > 0.9  # measured 0.96 with a 16^3 grid
@@ -128,9 +131,10 @@ def test_preservation_terms_run_and_are_logged_in_the_config(tiny_sd_path, sourc
     out = tmp_path / "kept"
     assert main(["edit", str(source_run), "--target-prompt", "a blue cube", "--model", str(tiny_sd_path), "--steps", "2",
                  "--out", str(out), "--no-export", "--set", "loss.preserve=1.0", "--set", "edit.anchor_density=10.0",
-                 "--set", "edit.anchor_points=256"] + FAST) == 0
+                 "--set", "edit.anchor_points=256", "--set", "edit.source_weight=0.5"] + FAST) == 0
     text = (out / "config.yaml").read_text()
-    assert "preserve: 1.0" in text and "anchor_density: 10.0" in text
+    assert "preserve: 1.0" in text and "anchor_density: 10.0" in text and "source_weight: 0.5" in text
+    assert json.loads((out / "prompt.json").read_text())["method"] == "dds"
 
 
 def test_bad_input_is_one_line(tiny_sd_path, source_run, sphere_glb, tmp_path, capsys):

@@ -120,8 +120,9 @@ class DDS(_Distill):
 
     Every step renders the source from the same cameras with the same shading (midpoint samples),
     noises both latents with the same t and eps and follows
-    g = w(t) (eps_hat(z_t; y_target) - eps_hat(z_src_t; y_source)) (:func:`dds_grad`). Its
-    preservation terms, both off by default:
+    g = w(t) (eps_hat(z_t; y_target) - eps - lambda (eps_hat(z_src_t; y_source) - eps)) (:func:`dds_grad`),
+    lambda from ``edit.source_weight`` to ``edit.source_weight_end`` over the steps. Its preservation
+    terms, both off by default:
 
     - ``loss.preserve``: mean squared difference of the edited and the source renders. DDS has no term
       that holds what the prompts do not mention; this pulls every pixel back, the edited ones too.
@@ -141,13 +142,20 @@ class DDS(_Distill):
         z = self.prior.encode(out.rgb)
         t, noise = self._noise(z, step, generator)
         text = self._text(self.prompt, view.host_cams)
-        with torch.no_grad():
-            res = view.resolution
-            src_out = self.source.render(view.cams, res, res, cfg.render, view.shading, stratified=False)
-            z_src = self.prior.encode(src_out.rgb)
-        source_text = self._text(self.source_prompt, view.host_cams)
-        g = dds_grad(self.prior, z, z_src, text, source_text, t, noise, cfg.prior.guidance_scale,
-                     cfg.guidance.weighting, cfg.guidance.grad_clip, step=step)
+        lam = source_weight_at(cfg, step)
+        if lam > 0 or cfg.loss.preserve > 0:
+            with torch.no_grad():
+                res = view.resolution
+                src_out = self.source.render(view.cams, res, res, cfg.render, view.shading, stratified=False)
+        if lam > 0:
+            with torch.no_grad():
+                z_src = self.prior.encode(src_out.rgb)
+            source_text = self._text(self.source_prompt, view.host_cams)
+            g = dds_grad(self.prior, z, z_src, text, source_text, t, noise, cfg.prior.guidance_scale,
+                         cfg.guidance.weighting, cfg.guidance.grad_clip, step=step, source_weight=lam)
+        else:  # lambda = 0: the source branch drops out of dds_grad, which is then sds_grad (half the prior's work)
+            g = sds_grad(self.prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting,
+                         cfg.guidance.grad_clip, step=step)
         extra = []
         if cfg.loss.preserve > 0:
             extra.append(("preserve", cfg.loss.preserve * torch.mean((out.rgb - src_out.rgb) ** 2)))
@@ -161,6 +169,16 @@ class DDS(_Distill):
         with torch.no_grad():
             sigma_src = self.source.field.density(x)
         return torch.mean((torch.log1p(self.edited.field.density(x)) - torch.log1p(sigma_src)) ** 2)
+
+
+def source_weight_at(cfg: Config, step: int) -> float:
+    """lambda of :func:`dds_grad` at ``step`` (0-based): edit.source_weight at the first step to
+    edit.source_weight_end at the last (optim.steps - 1), linearly; constant where the end is None."""
+    e = cfg.edit
+    if e.source_weight_end is None:
+        return e.source_weight
+    frac = min(1.0, step / max(1, cfg.optim.steps - 1))
+    return e.source_weight + frac * (e.source_weight_end - e.source_weight)
 
 
 def make_objective(cfg: Config, prior: Prior, prompt: str) -> LatentSDS | ImageSDS:

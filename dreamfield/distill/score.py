@@ -114,26 +114,36 @@ def dds_grad(
     weighting: str = "sds",
     grad_clip: float | None = None,
     step: int | None = None,
+    source_weight: float = 1.0,
 ) -> Tensor:
-    """The Delta Denoising Score gradient on latents (Hertz et al. 2023, Sec. 3).
+    """The Delta Denoising Score gradient on latents (Hertz et al. 2023, Sec. 3), its source branch
+    weighted by lambda = ``source_weight``:
 
         z_t     = q_sample(z, t, eps),  z_src_t = q_sample(z_src, t, eps)      (same t, same eps)
-        g       = w(t) (eps_hat(z_t; y_tgt, t) - eps_hat(z_src_t; y_src, t))
+        g       = w(t) (eps_hat(z_t; y_tgt, t) - eps - lambda (eps_hat(z_src_t; y_src, t) - eps))
 
-    The source branch (the frozen source scene rendered from the same camera, with its prompt)
-    estimates the noisy, prompt-independent part of the SDS gradient and removes it; only the
-    direction that turns the source prompt into the target remains. Both branches run in one call of
-    ``prior.eps`` with batch 2B (so the negative prompts of the two embeddings must agree).
+    lambda = 1 is DDS, w(t) (eps_hat(z_t; y_tgt) - eps_hat(z_src_t; y_src)); lambda = 0 is SDS
+    (:func:`sds_grad`). The source branch (the frozen source scene rendered from the same camera, with
+    its prompt) is the source's own SDS gradient: it shares the noise-driven part of the target's and
+    removes it. It does not depend on the edited scene, so DDS's expected gradient is SDS's minus the
+    source's mean pull b = E[w (eps_hat(z_src_t; y_src) - eps)], which is zero only where the source
+    sits at its prompt's fixed point: with b != 0 DDS has no fixed point at the target's and keeps
+    pushing away from what the source prompt describes (docs/RESULTS.md, "Edit colour"). A lambda
+    annealed to 0 ends the edit at SDS's fixed point. Both branches run in one call of ``prior.eps``
+    with batch 2B (so the negative prompts of the two embeddings must agree).
 
     Args:
         z, z_src: latents (B, C, h, w) of the edited and the source renders.
         text_target, text_source: embeddings of the target and source prompts (batch B or 1).
         t, noise, guidance_scale, weighting, grad_clip, step: as in :func:`sds_grad`.
+        source_weight: lambda in [0, 1].
     Returns:
         g (B, C, h, w) float32, detached.
     """
     schedule = prior.schedule
     _check(z, t, noise, guidance_scale, grad_clip, schedule.num_train_timesteps)
+    if not 0 <= source_weight <= 1:
+        raise ValueError(f"source_weight must be in [0, 1], got {source_weight}")
     if z_src.shape != z.shape:
         raise ValueError(f"source latents {tuple(z_src.shape)} and latents {tuple(z.shape)} must have the same shape")
     w = weight(schedule, t, weighting).to(z.device)
@@ -146,7 +156,8 @@ def dds_grad(
         text = TextEmbedding.concat(text_target.repeat(B), text_source.repeat(B))
         eps_both = prior.eps(torch.cat([z_t, zs_t]), torch.cat([t, t]), text, guidance_scale).to(z0)
         eps_tgt, eps_src = eps_both[:B], eps_both[B:]
-        g = w.reshape(-1, *([1] * (z.ndim - 1))) * (eps_tgt - eps_src)
+        delta = eps_tgt - eps_src if source_weight == 1 else (eps_tgt - eps) - source_weight * (eps_src - eps)
+        g = w.reshape(-1, *([1] * (z.ndim - 1))) * delta
     return _finish(g, grad_clip, "DDS", t, step, {"latents": z0, "source latents": zs0, "eps_hat": eps_both})
 
 
