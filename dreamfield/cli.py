@@ -53,7 +53,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="dreamfield",
-        description="Text to 3D (SDS) and 3D editing (DDS) through a frozen latent diffusion prior.",
+        description="Text to 3D (SDS) and 3D editing (SDS or DDS from a source scene) through a frozen latent diffusion prior.",
     )
     parser.add_argument("--version", action="version", version=f"dreamfield {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", default=None, help='e.g. "a red cube" (not needed with --resume)')
     _optimise_args(g)
 
-    e = sub.add_parser("edit", help="edit a saved scene or a mesh by Delta Denoising Score")
+    e = sub.add_parser("edit", help="edit a saved scene or a mesh towards a new prompt "
+                                    "(SDS from it; DDS with --set edit.source_weight=1)")
     e.add_argument("source", nargs="?", default=None,
                    help="run folder, checkpoint file, or mesh (GLB/OBJ/PLY); not needed with --resume")
     e.add_argument("--source-prompt", default=None,

@@ -1,4 +1,5 @@
-"""``dreamfield edit``: change an existing scene with Delta Denoising Score (Hertz et al. 2023).
+"""``dreamfield edit``: change an existing scene by score distillation from it, Delta Denoising Score
+(Hertz et al. 2023) or SDS (``edit.source_weight``).
 
     dreamfield edit SOURCE --source-prompt "a red cube" --target-prompt "a blue cube"
 

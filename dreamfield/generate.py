@@ -25,7 +25,8 @@ from dreamfield.prior import load_prior
 from dreamfield.prior.diffusers_prior import DiffusersPrior
 from dreamfield.prior.interface import Prior
 from dreamfield.run import RunFolder, check_same_layout, export_run, say
-from dreamfield.surface import SURFACE_DIR, EikonalObjective, hand_over, make_surface_scene, stage_config
+from dreamfield.surface import (SURFACE_DIR, EikonalObjective, beta_cap_at, hand_over, make_surface_scene,
+                               stage_config)
 from dreamfield.toy.domain import COLOUR_NAMES, SHAPES, normalise_prompt, unknown_words
 from dreamfield.scene.scene import Scene
 
@@ -126,6 +127,7 @@ def run_surface_stage(cfg: Config, run: RunFolder, prior, prompt: str, coarse: O
     if resume_here:
         folder.open_for_resume()
         scene = make_surface_scene(cfg, device)  # the checkpoint overwrites it
+        scene.field.beta_cap = beta_cap_at(cfg, int(load_checkpoint(folder.last)["step"]))
         say(f"resuming the surface stage from {folder.last}")
     else:
         if coarse is None:
@@ -135,7 +137,9 @@ def run_surface_stage(cfg: Config, run: RunFolder, prior, prompt: str, coarse: O
         t0 = time.perf_counter()
         scene = hand_over(cfg, coarse, device, say)
         say(f"surface stage: {cfg.surface.resolution}^3 SDF from the coarse level set in {time.perf_counter() - t0:.1f} s")
-    objective = EikonalObjective(make_objective(stage, prior, prompt), scene.field, cfg.surface.eikonal)
+    if not resume_here:
+        scene.field.beta_cap = beta_cap_at(cfg, 0)
+    objective = EikonalObjective(make_objective(stage, prior, prompt), scene.field, cfg.surface.eikonal, cfg)
     return optimize(stage, folder, objective, device, scene=scene, resume=resume_here, progress=progress)
 
 

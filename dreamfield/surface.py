@@ -20,6 +20,7 @@ terms (:class:`EikonalObjective`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -108,14 +109,29 @@ def hand_over(cfg: Config, coarse: Scene, device: torch.device | str, say: Calla
     return scene
 
 
-class EikonalObjective:
-    """The stage's objective: the distillation term plus surface.eikonal * field.eikonal() as an extra term."""
+def beta_cap_at(cfg: Config, done: int) -> float:
+    """The ceiling on beta for the render after ``done`` of the stage's steps: beta_init (beta_end /
+    beta_init)^(done / steps), geometric from beta_init at the first step to beta_end after the last;
+    inf without surface.beta_end."""
+    s = cfg.surface
+    if s.beta_end is None:
+        return math.inf
+    frac = min(1.0, max(0, done) / stage_steps(cfg))
+    return s.beta_init * (s.beta_end / s.beta_init) ** frac
 
-    def __init__(self, inner, field: SdfGridField, weight: float) -> None:
-        self.inner, self.field, self.weight = inner, field, weight
+
+class EikonalObjective:
+    """The stage's objective: the distillation term plus surface.eikonal * field.eikonal() as an extra term.
+    It also moves the field's beta ceiling on (:func:`beta_cap_at`) for the next step's render: the loop
+    renders before it calls the objective, and checkpoints after, so a checkpoint after ``done`` steps and
+    the ceiling the next render uses agree (run_surface_stage sets it again on resume)."""
+
+    def __init__(self, inner, field: SdfGridField, weight: float, cfg: Config) -> None:
+        self.inner, self.field, self.weight, self.cfg = inner, field, weight, cfg
 
     def __call__(self, step: int, out, view: View, generator: torch.Generator) -> Term:
         term = self.inner(step, out, view, generator)
+        self.field.beta_cap = beta_cap_at(self.cfg, step + 1)  # the render that used the old one is done
         if self.weight <= 0:
             return term
         eik = ("eikonal", self.weight * self.field.eikonal())
@@ -128,5 +144,7 @@ def load_surface_scene(cfg: Config, checkpoint: str | Path, device: torch.device
     from dreamfield.scene.scene import load_scene_state
 
     scene = make_surface_scene(cfg, device)
-    load_scene_state(scene, load_checkpoint(checkpoint)["scene"], checkpoint)
+    state = load_checkpoint(checkpoint)
+    load_scene_state(scene, state["scene"], checkpoint)
+    scene.field.beta_cap = beta_cap_at(cfg, int(state.get("step", stage_steps(cfg))))
     return scene

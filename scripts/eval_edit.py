@@ -3,6 +3,7 @@
     .venv/bin/python scripts/eval_edit.py                       # imported red cube, embedded toy prior
     .venv/bin/python scripts/eval_edit.py --source generate     # a red cube generated first (SDS), then edited
     .venv/bin/python scripts/eval_edit.py --set optim.steps=100 --set edit.anchor_density=1.0
+    .venv/bin/python scripts/eval_edit.py --shape torus --from-colour green --from-rgb 0.5,0.5,0.5 --to-colour purple
 
 The source is either the toy domain's red cube as a mesh (``dreamfield.toy.measures.reference_mesh``,
 written as a GLB and imported with edit.keep_scale=true, so it is exactly the contract's cube) or a run
@@ -28,12 +29,25 @@ import numpy as np
 import torch
 
 
+def _rgb(text: str) -> tuple[float, float, float]:
+    try:
+        rgb = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 1 for v in rgb):
+        raise argparse.ArgumentTypeError(f"want r,g,b in [0, 1], got {text!r}")
+    return rgb  # type: ignore[return-value]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", choices=["mesh", "generate"], default="mesh")
     p.add_argument("--shape", default="cube")
     p.add_argument("--from-colour", default="red")
     p.add_argument("--to-colour", default="blue")
+    p.add_argument("--from-rgb", default=None, type=_rgb,
+                   help="the mesh source's colour as r,g,b in [0, 1] (default: --from-colour's); a colour its prompt "
+                        "does not describe, e.g. 0.5,0.5,0.5 with --from-colour green, is a mislabelled source")
     p.add_argument("--model", default=None, help="diffusers folder (default: the embedded toy prior)")
     p.add_argument("--steps", type=int, default=None, help="edit steps (default: configs/edit.yaml)")
     p.add_argument("--generate-steps", type=int, default=None, help="steps of the generated source (--source generate)")
@@ -62,7 +76,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if args.source == "mesh":
         source = out / f"{args.from_colour}_{args.shape}.glb"
-        reference_mesh(args.shape, COLOURS[args.from_colour]).export(source)
+        rgb = COLOURS[args.from_colour] if args.from_rgb is None else args.from_rgb
+        reference_mesh(args.shape, rgb).export(source)
         edit_extra = ["--set", "edit.keep_scale=true"]
     else:
         source = out / "source_run"
@@ -108,6 +123,7 @@ def main(argv=None) -> int:
         "overrides": args.overrides,
         "source_score": {k: s_src[k] for k in ("shape_pred", "colour_pred", "iou", "mean_rgb")},
         "edited_score": {k: s_edit[k] for k in ("shape_pred", "colour_pred", "iou", "mean_rgb")},
+        "colour_error": float(np.linalg.norm(np.asarray(s_edit["mean_rgb"]) - np.asarray(COLOURS[args.to_colour]))),
         "iou_edited_vs_source": iou_kept,
         "colour_ok": s_edit["colour_pred"] == args.to_colour,
         "shape_kept": iou_kept >= 0.8,

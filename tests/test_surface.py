@@ -173,6 +173,28 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
     assert (d_smooth - d_plain).mean().item() == pytest.approx(0.06**2 / 0.4, abs=0.004)
 
 
+def test_beta_ceiling_falls_geometrically_and_stops_the_learned_beta():
+    from dreamfield.surface import beta_cap_at
+
+    cfg = load_config([], ["optim.steps=40", "surface.beta_init=0.02", "surface.beta_end=0.002"])  # 10 stage steps
+    assert beta_cap_at(cfg, 0) == pytest.approx(0.02)
+    assert beta_cap_at(cfg, 5) == pytest.approx((0.02 * 0.002) ** 0.5)  # the geometric midpoint
+    assert beta_cap_at(cfg, 10) == pytest.approx(0.002) and beta_cap_at(cfg, 99) == pytest.approx(0.002)
+    assert beta_cap_at(load_config([], ["surface.beta_end=null"]), 5) == float("inf")
+    with pytest.raises(ConfigError, match=r"surface\.beta_end"):
+        load_config([], ["surface.beta_end=0.05"])  # above beta_init
+
+    field = sphere_field(resolution=16, beta=0.02)
+    learned = float(field.beta.detach())
+    field.beta_cap = 0.004
+    beta = field.beta
+    assert float(beta.detach()) == pytest.approx(0.004)
+    beta.backward()
+    assert float(field.log_beta.grad) == 0.0  # held at the ceiling: no gradient to the learned value
+    field.beta_cap = float("inf")
+    assert float(field.beta.detach()) == pytest.approx(learned)
+
+
 def test_stage_config_and_validation():
     from dreamfield.surface import stage_config, stage_steps
 
@@ -226,7 +248,8 @@ def _stop_in_stage(stage: int, n: int):
 def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
     from dreamfield.cli import main
 
-    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export"] + FAST  # the default: two stages
+    # the default: two stages; beta's ceiling falls to 0.004 over the 4 stage steps, below the learned beta
+    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export", "--set", "surface.beta_end=0.004"] + FAST
     full = tmp_path / "full"
     assert main(["generate", "a blue sphere", "--out", str(full)] + common) == 0
     assert (full / "surface" / "checkpoints" / "last.pt").is_file()
@@ -255,6 +278,10 @@ def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
     assert steps == [0, 1, 2, 3]
     rec = json.loads((stopped / "surface" / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["eikonal"] >= 0
+    from dreamfield.run import load_run_scene
+
+    for run in (full, stopped):  # what export renders: the field after the last step, at the ceiling's end
+        assert float(load_run_scene(run)[1].field.beta.detach()) == pytest.approx(0.004)
 
 
 def test_one_stage_run_has_no_surface_folder_and_exports_the_sdf_otherwise(tiny_sd_path, tmp_path):

@@ -74,6 +74,9 @@ class SdfGridField(nn.Module):
         self.sdf_grid = nn.Parameter((torch.sqrt(x * x + y * y + z * z) - radius)[None, None].contiguous())
         self.color_grid = nn.Parameter(torch.zeros(1, 3, r, r, r))
         self.log_beta = nn.Parameter(torch.tensor(math.log(cfg.beta_init - cfg.beta_min)))
+        # a ceiling on beta set from outside (the surface stage's schedule, dreamfield.surface.beta_cap_at);
+        # not a parameter nor state: a pure function of the stage's step, set again on resume and load
+        self.beta_cap = math.inf
 
     @torch.no_grad()
     def set_grids(self, sdf: Tensor, albedo_logits: Tensor) -> None:
@@ -83,7 +86,9 @@ class SdfGridField(nn.Module):
 
     @property
     def beta(self) -> Tensor:
-        return self.cfg.beta_min + torch.exp(self.log_beta)
+        """min(beta_min + exp(log_beta), beta_cap): the gradient reaches log_beta only below the ceiling."""
+        learned = self.cfg.beta_min + torch.exp(self.log_beta)
+        return learned if math.isinf(self.beta_cap) else learned.clamp(max=self.beta_cap)
 
     def _inside_box(self, x: Tensor) -> Tensor:
         # sample_grid reads 0 (a surface) outside the box; the renderer stays inside it, this guards other callers
