@@ -197,11 +197,13 @@ class SurfaceConfig:
     lr_beta: float = 0.01  # log of (beta - beta_min)
     beta_init: float = 0.02  # VolSDF's beta: the surface's transition thickness, world units
     beta_min: float = 0.005  # the learned beta never falls below this (the renderer samples every ~0.03 units)
-    # a ceiling on beta falling geometrically from beta_init at the stage's first step to beta_end after its last
-    # (None = the learned beta only). A render's silhouette lies about 2.4 beta outside {d = 0} (a grazing ray
-    # gathers ln 2 of optical depth in the shell), so the exported zero level set matches the render only for a
-    # small final beta
+    # a ceiling on beta falling geometrically from beta_init to beta_end over the stage's last beta_anneal share of
+    # steps, so the field after the last step renders at beta_end (None = the learned beta only; beta_anneal 0 =
+    # the stage runs at the learned beta and only its final field is set to beta_end). A render's silhouette lies
+    # about 2.4 beta outside {d = 0} (a grazing ray gathers ln 2 of optical depth in the shell), so the exported
+    # zero level set matches the field's render only at a small final beta
     beta_end: Optional[float] = None
+    beta_anneal: float = 1.0
     eikonal: float = 0.1  # weight of the eikonal term mean (|grad d| - 1)^2 over the lattice
     # the stage's timesteps: t_max anneals from t_max to t_max_end over its steps (low t refines, high t reshapes)
     t_max: float = 0.5
@@ -550,6 +552,7 @@ def _validate_surface(cfg: Config) -> None:
     need(sf.beta_init > sf.beta_min, "surface.beta_init", f"> surface.beta_min ({sf.beta_min})", sf.beta_init)
     need(sf.beta_end is None or 0 < sf.beta_end <= sf.beta_init, "surface.beta_end",
          f"in (0, surface.beta_init ({sf.beta_init})] or null", sf.beta_end)
+    need(0 <= sf.beta_anneal <= 1, "surface.beta_anneal", "in [0, 1]", sf.beta_anneal)
     need(g.t_min <= sf.t_max_end <= sf.t_max <= 1.0, "surface.t_max/t_max_end",
          f"guidance.t_min ({g.t_min}) <= t_max_end <= t_max <= 1", (sf.t_max, sf.t_max_end))
     need(sf.p_albedo + sf.p_lambertian + sf.p_textureless > 0, "surface.p_*", "not all zero",

@@ -110,14 +110,20 @@ def hand_over(cfg: Config, coarse: Scene, device: torch.device | str, say: Calla
 
 
 def beta_cap_at(cfg: Config, done: int) -> float:
-    """The ceiling on beta for the render after ``done`` of the stage's steps: beta_init (beta_end /
-    beta_init)^(done / steps), geometric from beta_init at the first step to beta_end after the last;
-    inf without surface.beta_end."""
+    """The ceiling on beta for the render after ``done`` of the stage's N steps: inf before step
+    k0 = N (1 - surface.beta_anneal), then beta_init (beta_end / beta_init)^((done - k0) / (N - k0)),
+    geometric down to beta_end after the last step (beta_anneal 0: inf until the last step, then
+    beta_end); inf without surface.beta_end."""
     s = cfg.surface
     if s.beta_end is None:
         return math.inf
-    frac = min(1.0, max(0, done) / stage_steps(cfg))
-    return s.beta_init * (s.beta_end / s.beta_init) ** frac
+    n = stage_steps(cfg)
+    if done >= n:
+        return s.beta_end
+    k0 = n * (1.0 - s.beta_anneal)
+    if done < k0:
+        return math.inf
+    return s.beta_init * (s.beta_end / s.beta_init) ** ((done - k0) / (n - k0))
 
 
 class EikonalObjective:

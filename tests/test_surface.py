@@ -181,6 +181,11 @@ def test_beta_ceiling_falls_geometrically_and_stops_the_learned_beta():
     assert beta_cap_at(cfg, 5) == pytest.approx((0.02 * 0.002) ** 0.5)  # the geometric midpoint
     assert beta_cap_at(cfg, 10) == pytest.approx(0.002) and beta_cap_at(cfg, 99) == pytest.approx(0.002)
     assert beta_cap_at(load_config([], ["surface.beta_end=null"]), 5) == float("inf")
+    half = load_config([], ["optim.steps=40", "surface.beta_end=0.002", "surface.beta_anneal=0.5"])
+    assert beta_cap_at(half, 4) == float("inf") and beta_cap_at(half, 5) == pytest.approx(0.02)
+    assert beta_cap_at(half, 10) == pytest.approx(0.002)
+    final = load_config([], ["optim.steps=40", "surface.beta_end=0.002", "surface.beta_anneal=0"])
+    assert beta_cap_at(final, 9) == float("inf") and beta_cap_at(final, 10) == pytest.approx(0.002)
     with pytest.raises(ConfigError, match=r"surface\.beta_end"):
         load_config([], ["surface.beta_end=0.05"])  # above beta_init
 
