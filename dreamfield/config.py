@@ -200,10 +200,11 @@ class SurfaceConfig:
     # a ceiling on beta falling geometrically from beta_init to beta_end over the stage's last beta_anneal share of
     # steps, so the field after the last step renders at beta_end (None = the learned beta only; beta_anneal 0 =
     # the stage runs at the learned beta and only its final field is set to beta_end). A render's silhouette lies
-    # about 2.4 beta outside {d = 0} (a grazing ray gathers ln 2 of optical depth in the shell), so the exported
-    # zero level set matches the field's render only at a small final beta
-    beta_end: Optional[float] = None
-    beta_anneal: float = 1.0
+    # about 2.4 beta outside {d = 0} (a grazing ray gathers ln 2 of optical depth in the shell): at the learned
+    # beta (0.012-0.015) the exported zero level set is a pixel ring smaller than the field's render; at 0.001 the
+    # two agree (docs/RESULTS.md, "Mesh vs field at d = 0"). Below beta_min on purpose: no gradient needs it
+    beta_end: Optional[float] = 0.001
+    beta_anneal: float = 0.0
     eikonal: float = 0.1  # weight of the eikonal term mean (|grad d| - 1)^2 over the lattice
     # the stage's timesteps: t_max anneals from t_max to t_max_end over its steps (low t refines, high t reshapes)
     t_max: float = 0.5

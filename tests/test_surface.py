@@ -176,7 +176,8 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
 def test_beta_ceiling_falls_geometrically_and_stops_the_learned_beta():
     from dreamfield.surface import beta_cap_at
 
-    cfg = load_config([], ["optim.steps=40", "surface.beta_init=0.02", "surface.beta_end=0.002"])  # 10 stage steps
+    cfg = load_config([], ["optim.steps=40", "surface.beta_init=0.02", "surface.beta_end=0.002",
+                           "surface.beta_anneal=1"])  # 10 stage steps, the ceiling falls over all of them
     assert beta_cap_at(cfg, 0) == pytest.approx(0.02)
     assert beta_cap_at(cfg, 5) == pytest.approx((0.02 * 0.002) ** 0.5)  # the geometric midpoint
     assert beta_cap_at(cfg, 10) == pytest.approx(0.002) and beta_cap_at(cfg, 99) == pytest.approx(0.002)
@@ -184,8 +185,8 @@ def test_beta_ceiling_falls_geometrically_and_stops_the_learned_beta():
     half = load_config([], ["optim.steps=40", "surface.beta_end=0.002", "surface.beta_anneal=0.5"])
     assert beta_cap_at(half, 4) == float("inf") and beta_cap_at(half, 5) == pytest.approx(0.02)
     assert beta_cap_at(half, 10) == pytest.approx(0.002)
-    final = load_config([], ["optim.steps=40", "surface.beta_end=0.002", "surface.beta_anneal=0"])
-    assert beta_cap_at(final, 9) == float("inf") and beta_cap_at(final, 10) == pytest.approx(0.002)
+    default = load_config([], ["optim.steps=40"])  # the default: the stage at the learned beta, its final field sharp
+    assert beta_cap_at(default, 9) == float("inf") and beta_cap_at(default, 10) == pytest.approx(0.001)
     with pytest.raises(ConfigError, match=r"surface\.beta_end"):
         load_config([], ["surface.beta_end=0.05"])  # above beta_init
 
@@ -254,7 +255,8 @@ def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
     from dreamfield.cli import main
 
     # the default: two stages; beta's ceiling falls to 0.004 over the 4 stage steps, below the learned beta
-    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export", "--set", "surface.beta_end=0.004"] + FAST
+    common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export", "--set", "surface.beta_end=0.004",
+              "--set", "surface.beta_anneal=1"] + FAST
     full = tmp_path / "full"
     assert main(["generate", "a blue sphere", "--out", str(full)] + common) == 0
     assert (full / "surface" / "checkpoints" / "last.pt").is_file()
