@@ -22,7 +22,8 @@ source's own distance from what its prompt describes (z_src - mu_source) is carr
 so a source its prompt does not describe is pushed past the target. ``edit.source_weight`` (lambda)
 weights the source branch, g = w(t) (eps_hat(z_t; y_target) - eps - lambda (eps_hat(z_src_t; y_source)
 - eps)), and may anneal (``edit.source_weight_end``); lambda = 0, the toy prior's default, is SDS
-from the source scene, whose fixed point is the target's (docs/RESULTS.md, "Edit colour").
+from the source scene with ``guidance.space``'s objective (a toy run's: the image-space target), whose
+fixed point is the target's (docs/RESULTS.md, "Edit colour"). DDS steps are always on latents.
 
 Preservation terms (``loss.preserve``, ``edit.anchor_density``; both off by default) belong to the
 objective: :class:`dreamfield.distill.objectives.DDS`. The edit defaults ship in the package
@@ -93,17 +94,11 @@ def check_prompts(source_prompt: Optional[str], target_prompt: Optional[str]) ->
     return src, tgt
 
 
-def _check_edit_config(cfg: Config) -> None:
-    if cfg.guidance.space != "latent":
-        raise UsageError(f"guidance.space={cfg.guidance.space}: edit runs DDS on the prior's latents; use guidance.space=latent")
-
-
 def load_source(kind: str, path: Path, files_: Sequence[str], overrides: Sequence[str]) -> tuple[Config, Scene, dict]:
     """The edit's config, the frozen source scene on its device, and the description for source.json."""
     if kind == "run":
         run, ckpt = find_run(path)
         cfg = load_config([str(run.dir / "config.yaml"), str(edit_defaults()), *files_], overrides)
-        _check_edit_config(cfg)
         source_cfg, scene, _ = load_run_scene(path, cfg.run.device, final=False)  # edits work on density fields
         check_same_layout(source_cfg, cfg, "an edit")
         meta = run.meta()
@@ -118,7 +113,6 @@ def load_source(kind: str, path: Path, files_: Sequence[str], overrides: Sequenc
         return cfg, scene, info
 
     cfg = load_config([str(edit_defaults()), *files_], overrides)
-    _check_edit_config(cfg)
     device = resolve_device(cfg.run.device)
     mesh, info = import_mesh(path, cfg)
     scene, report = fit_field_to_mesh(mesh, cfg, device, seed=cfg.run.seed)
@@ -162,7 +156,6 @@ def _resume(run: RunFolder, files_: Sequence[str], overrides: Sequence[str]) -> 
         raise UsageError(f"--resume {run.dir}: a {meta.get('command')!r} run; resume it with that command")
     cfg = load_config([str(run.dir / "config.yaml"), *files_], overrides)
     check_same_layout(load_config([str(run.dir / "config.yaml")]), cfg, "--resume")
-    _check_edit_config(cfg)
     device = resolve_device(cfg.run.device)
     source = make_scene(cfg, device)
     load_scene_state(source, load_checkpoint(run.dir / SOURCE_SCENE)["scene"], run.dir / SOURCE_SCENE)

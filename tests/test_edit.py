@@ -69,7 +69,7 @@ def test_edit_a_run_folder_end_to_end(tiny_sd_path, source_run, tmp_path):
     source = json.loads((out / "source.json").read_text())
     assert source["kind"] == "run" and source["prompt"] == "a red cube" and source["step"] == 2
     cfg_text = (out / "config.yaml").read_text()
-    assert "steps: 3" in cfg_text and "space: latent" in cfg_text  # what ran: DDS on latents
+    assert "steps: 3" in cfg_text and "space: image" in cfg_text  # the source run's: SDS steps take the image target
     assert "lr_density: 0.01" in cfg_text  # the package's edit defaults over the source run's 0.05
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
@@ -137,6 +137,39 @@ def test_preservation_terms_run_and_are_logged_in_the_config(tiny_sd_path, sourc
     assert json.loads((out / "prompt.json").read_text())["method"] == "dds"
 
 
+def test_an_sds_edit_may_use_the_image_space_target(tiny_sd_path, source_run, tmp_path):
+    from dreamfield.distill.objectives import ImageSDS
+
+    out = tmp_path / "image"
+    calls = []
+    patch = pytest.MonkeyPatch()
+    original = ImageSDS.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    patch.setattr(ImageSDS, "__call__", counted)
+    try:
+        assert main(["edit", str(source_run), "--target-prompt", "a blue cube", "--model", str(tiny_sd_path),
+                     "--steps", "2", "--out", str(out), "--no-export", "--set", "guidance.space=image"] + FAST) == 0
+    finally:
+        patch.undo()
+    assert len(calls) == 2  # every step took generate's image-space target
+    assert "space: image" in (out / "config.yaml").read_text()
+    assert json.loads((out / "prompt.json").read_text())["method"] == "sds"
+    # DDS steps stay on the latents under guidance.space=image; the step at lambda 0 takes the image target
+    calls.clear()
+    patch.setattr(ImageSDS, "__call__", counted)
+    try:
+        assert main(["edit", str(source_run), "--target-prompt", "a blue cube", "--model", str(tiny_sd_path),
+                     "--steps", "3", "--out", str(tmp_path / "annealed"), "--no-export", "--set", "guidance.space=image",
+                     "--set", "edit.source_weight=1", "--set", "edit.source_weight_end=0"] + FAST) == 0
+    finally:
+        patch.undo()
+    assert len(calls) == 1
+
+
 def test_bad_input_is_one_line(tiny_sd_path, source_run, sphere_glb, tmp_path, capsys):
     model = ["--model", str(tiny_sd_path)]
     prompts = ["--source-prompt", "a red cube", "--target-prompt", "a blue cube"]
@@ -167,11 +200,6 @@ def test_bad_input_is_one_line(tiny_sd_path, source_run, sphere_glb, tmp_path, c
     assert "empty --target-prompt" in one_line(capsys)
     assert main(["edit", str(sphere_glb), "--target-prompt", "a blue sphere", *model]) == 2  # a mesh has no prompt
     assert "empty --source-prompt" in one_line(capsys)
-
-    assert main(["edit", str(source_run), *prompts, *model, "--set", "guidance.space=image", "--out",
-                 str(tmp_path / "e4")]) == 2
-    assert "guidance.space=latent" in one_line(capsys)
-    assert not (tmp_path / "e4").exists()
 
     assert main(["edit", str(source_run), *prompts, *model, "--set", "field.grid_resolution=32",
                  "--out", str(tmp_path / "e3")]) == 2

@@ -138,7 +138,6 @@ def catalogue(root: Path, model: str) -> list[tuple[list[str], str]]:
         (["edit", user, *src, *m, *new], "no config.yaml"),
         (["edit", run, "--target-prompt", "  ", *m, *new], "empty --target-prompt"),
         (["edit", str(root / "points.obj"), "--target-prompt", "a blue cube", *m, *new], "empty --source-prompt"),
-        (edit("--set", "guidance.space=image"), "guidance.space=latent"),
         (edit("--set", "field.grid_resolution=32"), "field.grid_resolution"),
         (edit("--set", "edit.import_radius=0"), "edit.import_radius"),
         (edit("--set", "optim.lr_color=nan"), "optim.lr_color"),

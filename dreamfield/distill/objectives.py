@@ -121,8 +121,9 @@ class DDS(_Distill):
     Every step renders the source from the same cameras with the same shading (midpoint samples),
     noises both latents with the same t and eps and follows
     g = w(t) (eps_hat(z_t; y_target) - eps - lambda (eps_hat(z_src_t; y_source) - eps)) (:func:`dds_grad`),
-    lambda from ``edit.source_weight`` to ``edit.source_weight_end`` over the steps. Its preservation
-    terms, both off by default:
+    lambda from ``edit.source_weight`` to ``edit.source_weight_end`` over the steps; a step at lambda = 0 is
+    ``guidance.space``'s SDS objective instead (:func:`make_objective`; the source is not rendered for it).
+    Its preservation terms, both off by default:
 
     - ``loss.preserve``: mean squared difference of the edited and the source renders. DDS has no term
       that holds what the prompts do not mention; this pulls every pixel back, the edited ones too.
@@ -134,34 +135,37 @@ class DDS(_Distill):
     def __init__(self, cfg: Config, prior: Prior, prompt: str, source: Scene, source_prompt: str, edited: Scene) -> None:
         super().__init__(cfg, prior, prompt)
         self.source, self.source_prompt, self.edited = source, source_prompt, edited
+        # the objective of the steps at lambda = 0: guidance.space's (image: generate's image-space target);
+        # the steps at lambda > 0 are DDS on the latents whatever guidance.space says
+        self.sds = make_objective(cfg, prior, prompt)
         for p in source.field.parameters():
             p.requires_grad_(False)
 
     def __call__(self, step: int, out: RenderOut, view: View, generator: torch.Generator) -> Term:
         cfg = self.cfg
-        z = self.prior.encode(out.rgb)
-        t, noise = self._noise(z, step, generator)
-        text = self._text(self.prompt, view.host_cams)
         lam = source_weight_at(cfg, step)
         if lam > 0 or cfg.loss.preserve > 0:
             with torch.no_grad():
                 res = view.resolution
                 src_out = self.source.render(view.cams, res, res, cfg.render, view.shading, stratified=False)
         if lam > 0:
+            z = self.prior.encode(out.rgb)
+            t, noise = self._noise(z, step, generator)
+            text = self._text(self.prompt, view.host_cams)
             with torch.no_grad():
                 z_src = self.prior.encode(src_out.rgb)
             source_text = self._text(self.source_prompt, view.host_cams)
             g = dds_grad(self.prior, z, z_src, text, source_text, t, noise, cfg.prior.guidance_scale,
                          cfg.guidance.weighting, cfg.guidance.grad_clip, step=step, source_weight=lam)
-        else:  # lambda = 0: the source branch drops out of dds_grad, which is then sds_grad (half the prior's work)
-            g = sds_grad(self.prior, z, text, t, noise, cfg.prior.guidance_scale, cfg.guidance.weighting,
-                         cfg.guidance.grad_clip, step=step)
+            term = Term(grad_to_loss(z, g), g, t)
+        else:  # lambda = 0: the source branch drops out of dds_grad, which is then SDS (half the prior's work):
+            term = self.sds(step, out, view, generator)  # guidance.space's objective, the same t and eps draws
         extra = []
         if cfg.loss.preserve > 0:
             extra.append(("preserve", cfg.loss.preserve * torch.mean((out.rgb - src_out.rgb) ** 2)))
         if cfg.edit.anchor_density > 0:
             extra.append(("anchor", cfg.edit.anchor_density * self._anchor(generator, out.rgb.device)))
-        return Term(grad_to_loss(z, g), g, t, tuple(extra))
+        return Term(term.loss, term.pull, term.t, tuple(extra))
 
     def _anchor(self, generator: torch.Generator, device: torch.device) -> Tensor:
         bound = self.cfg.field.bound
