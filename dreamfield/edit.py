@@ -201,7 +201,7 @@ def run_edit(
         source_prompt, target_prompt = toy_prompt(source_prompt), toy_prompt(target_prompt)
     if not resume:
         run.create(cfg, {"command": "edit", "prompt": target_prompt, "source_prompt": source_prompt,
-                                "method": edit_method(cfg)})
+                         "method": edit_method(cfg)})
         run.write_json("source.json", info)
         save_checkpoint(run.dir / SOURCE_SCENE, {"step": 0, "scene": src.state_dict()})
     else:
