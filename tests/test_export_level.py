@@ -94,6 +94,22 @@ def test_fitted_sdf_level_is_outside_the_zero_level_set_by_the_renders_margin():
     assert iou_with(views, fitted) > 0.98 > iou_with(views, zero) + 0.02
 
 
+def test_the_surface_stages_final_beta_puts_the_render_on_the_zero_level_set():
+    # the same sphere SDF drawn at the default final beta (surface.beta_end, 0.001): tau(b*) = ln 2 is within a
+    # fifth of a pixel of r, so the d = 0 mesh covers the render; at a learned beta of 0.013 it is a ring short
+    default_end = SurfaceConfig().beta_end
+    field = SdfGridField(SurfaceConfig(resolution=49, beta_init=0.021, beta_min=0.02), bound=1.0, radius=0.5)
+    field.beta_cap = default_end
+    assert float(field.beta.detach()) == pytest.approx(default_end)
+    assert abs(silhouette_radius(field) - 0.5) < 0.2 * PIXEL
+    views = field_views(field, RenderConfig(), CAMS, RES)  # the default 64 samples per ray
+    zero = extract_sdf_mesh(field, ExportConfig(resolution=RES, level="threshold"), 1.0, views=views)
+    field.beta_cap = 0.013
+    soft = field_views(field, RenderConfig(), CAMS, RES)
+    # measured: b* - r = 0.15 px (1.36 px at 0.013); IoU 0.990 sharp, 0.872 soft (the toy runs: 0.98 / 0.88)
+    assert iou_with(views, zero) > 0.97 > iou_with(soft, zero) + 0.02
+
+
 def test_the_default_level_is_the_threshold():
     assert ExportConfig().level == "threshold"  # docs/RESULTS.md: the fit cost toy shape accuracy on 36 pairs
 
