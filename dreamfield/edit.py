@@ -154,7 +154,9 @@ def _resume(run: RunFolder, files_: Sequence[str], overrides: Sequence[str]) -> 
     meta = run.meta()
     if meta.get("command") != "edit":
         raise UsageError(f"--resume {run.dir}: a {meta.get('command')!r} run; resume it with that command")
-    cfg = load_config([str(run.dir / "config.yaml"), *files_], overrides)
+    # an edit saved before edit.source_weight existed was DDS throughout: resume it as that, not as the new default
+    legacy = [] if "source_weight:" in (run.dir / "config.yaml").read_text() else ["edit.source_weight=1"]
+    cfg = load_config([str(run.dir / "config.yaml"), *files_], [*legacy, *overrides])
     check_same_layout(load_config([str(run.dir / "config.yaml")]), cfg, "--resume")
     device = resolve_device(cfg.run.device)
     source = make_scene(cfg, device)

@@ -127,6 +127,28 @@ def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path,
     assert [json.loads(l)["step"] for l in (stopped / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
 
 
+def test_an_edit_saved_before_source_weight_existed_resumes_as_dds(tiny_sd_path, sphere_glb, tmp_path, interrupt_after):
+    common = ["--model", str(tiny_sd_path), "--source-prompt", "a red sphere", "--target-prompt", "a blue sphere",
+              "--steps", "4", "--no-export", "--set", "run.checkpoint_every=1", "--set", "guidance.space=latent",
+              "--set", "edit.source_weight=1"] + FAST  # what every edit was before: DDS on latents
+    full = tmp_path / "full"
+    assert main(["edit", str(sphere_glb), "--out", str(full)] + common) == 0
+    stopped = tmp_path / "stopped"
+    patch = pytest.MonkeyPatch()
+    patch.setattr("dreamfield.edit.optimize", interrupt_after(2))
+    try:
+        assert main(["edit", str(sphere_glb), "--out", str(stopped)] + common) == 130
+    finally:
+        patch.undo()
+    cfg_file = stopped / "config.yaml"  # as an older version wrote it: no source_weight keys
+    lines = cfg_file.read_text().splitlines(keepends=True)
+    cfg_file.write_text("".join(l for l in lines if "source_weight" not in l))
+    assert main(["edit", "--resume", str(stopped), "--quiet", "--no-export"]) == 0
+    a, b = _field(full / "checkpoints" / "last.pt"), _field(stopped / "checkpoints" / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_preservation_terms_run_and_are_logged_in_the_config(tiny_sd_path, source_run, tmp_path):
     out = tmp_path / "kept"
     assert main(["edit", str(source_run), "--target-prompt", "a blue cube", "--model", str(tiny_sd_path), "--steps", "2",
