@@ -85,6 +85,17 @@ def test_edit_a_run_folder_end_to_end(tiny_sd_path, source_run, tmp_path):
     assert Image.open(out / "before_after.png").size == (6 * 16, 2 * 16)
 
 
+def _stopped_after_two_steps(source, out, args, interrupt_after):
+    """``dreamfield edit SOURCE --out OUT ARGS`` stopped after its second step, as Ctrl-C would: OUT."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr("dreamfield.edit.optimize", interrupt_after(2))
+    try:
+        assert main(["edit", str(source), "--out", str(out)] + args) == 130
+    finally:
+        patch.undo()
+    return out
+
+
 def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path, interrupt_after):
     common = ["--model", str(tiny_sd_path), "--source-prompt", "a red sphere", "--target-prompt", "a blue sphere",
               "--steps", "4", "--no-export", "--set", "run.checkpoint_every=1",
@@ -108,13 +119,7 @@ def test_edit_a_mesh_file_and_resume_exactly(tiny_sd_path, sphere_glb, tmp_path,
     assert sigma[1] > 20 and torch.allclose(albedo[0], torch.tensor([0.85, 0.15, 0.15]), atol=0.03)
 
     # the same edit stopped after step 2 (as Ctrl-C would), then resumed: identical result
-    stopped = tmp_path / "stopped"
-    patch = pytest.MonkeyPatch()
-    patch.setattr("dreamfield.edit.optimize", interrupt_after(2))
-    try:
-        assert main(["edit", str(sphere_glb), "--out", str(stopped)] + common) == 130
-    finally:
-        patch.undo()
+    stopped = _stopped_after_two_steps(sphere_glb, tmp_path / "stopped", common, interrupt_after)
     assert torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
     sphere_glb.rename(sphere_glb.with_suffix(".moved"))  # resume needs neither the mesh nor the source run
     try:
@@ -133,13 +138,7 @@ def test_an_edit_saved_before_source_weight_existed_resumes_as_dds(tiny_sd_path,
               "--set", "edit.source_weight=1"] + FAST  # what every edit was before: DDS on latents
     full = tmp_path / "full"
     assert main(["edit", str(sphere_glb), "--out", str(full)] + common) == 0
-    stopped = tmp_path / "stopped"
-    patch = pytest.MonkeyPatch()
-    patch.setattr("dreamfield.edit.optimize", interrupt_after(2))
-    try:
-        assert main(["edit", str(sphere_glb), "--out", str(stopped)] + common) == 130
-    finally:
-        patch.undo()
+    stopped = _stopped_after_two_steps(sphere_glb, tmp_path / "stopped", common, interrupt_after)
     cfg_file = stopped / "config.yaml"  # as an older version wrote it: no source_weight keys
     lines = cfg_file.read_text().splitlines(keepends=True)
     cfg_file.write_text("".join(l for l in lines if "source_weight" not in l))
