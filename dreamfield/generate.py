@@ -25,8 +25,7 @@ from dreamfield.prior import load_prior
 from dreamfield.prior.diffusers_prior import DiffusersPrior
 from dreamfield.prior.interface import Prior
 from dreamfield.run import RunFolder, check_same_layout, export_run, say
-from dreamfield.surface import (SURFACE_DIR, EikonalObjective, beta_cap_at, hand_over, make_surface_scene,
-                               stage_config)
+from dreamfield.surface import SURFACE_DIR, EikonalObjective, hand_over, load_surface_scene, stage_config
 from dreamfield.toy.domain import COLOUR_NAMES, SHAPES, normalise_prompt, unknown_words
 from dreamfield.scene.scene import Scene
 
@@ -126,8 +125,7 @@ def run_surface_stage(cfg: Config, run: RunFolder, prior, prompt: str, coarse: O
     resume_here = resume and folder.last.exists()
     if resume_here:
         folder.open_for_resume()
-        scene = make_surface_scene(cfg, device)  # the checkpoint overwrites it
-        scene.field.beta_cap = beta_cap_at(cfg, int(load_checkpoint(folder.last)["step"]))
+        scene = load_surface_scene(cfg, folder.last, device)  # the loop restores its optimiser and RNG there too
         say(f"resuming the surface stage from {folder.last}")
     else:
         if coarse is None:
@@ -137,8 +135,6 @@ def run_surface_stage(cfg: Config, run: RunFolder, prior, prompt: str, coarse: O
         t0 = time.perf_counter()
         scene = hand_over(cfg, coarse, device, say)
         say(f"surface stage: {cfg.surface.resolution}^3 SDF from the coarse level set in {time.perf_counter() - t0:.1f} s")
-    if not resume_here:
-        scene.field.beta_cap = beta_cap_at(cfg, 0)
     objective = EikonalObjective(make_objective(stage, prior, prompt), scene.field, cfg.surface.eikonal, cfg)
     return optimize(stage, folder, objective, device, scene=scene, resume=resume_here, progress=progress)
 

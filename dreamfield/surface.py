@@ -105,6 +105,7 @@ def hand_over(cfg: Config, coarse: Scene, device: torch.device | str, say: Calla
         sdf = scene.field.sdf_grid.detach()[0, 0].cpu()
     logits = torch.logit(albedo.clamp(1e-3, 1 - 1e-3))
     scene.field.set_grids(sdf.to(device), logits.to(device))
+    scene.field.beta_cap = beta_cap_at(cfg, 0)
     scene.background.load_state_dict(coarse.background.state_dict())
     return scene
 
@@ -130,7 +131,7 @@ class EikonalObjective:
     """The stage's objective: the distillation term plus surface.eikonal * field.eikonal() as an extra term.
     It also moves the field's beta ceiling on (:func:`beta_cap_at`) for the next step's render: the loop
     renders before it calls the objective, and checkpoints after, so a checkpoint after ``done`` steps and
-    the ceiling the next render uses agree (run_surface_stage sets it again on resume)."""
+    the ceiling the next render uses agree (hand_over sets the first, load_surface_scene a resumed one)."""
 
     def __init__(self, inner, field: SdfGridField, weight: float, cfg: Config) -> None:
         self.inner, self.field, self.weight, self.cfg = inner, field, weight, cfg
