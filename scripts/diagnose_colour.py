@@ -44,11 +44,8 @@ def true_field(cfg, shape: str, rgb) -> SdfGridField:
     sc = cfg.surface
     field = SdfGridField(type(sc)(**{**vars(sc), "beta_min": 0.004, "beta_init": 0.005}), cfg.field.bound)
     r = sc.resolution
-    axis = torch.linspace(-cfg.field.bound, cfg.field.bound, r)
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    d = shapes.sdf(shape, torch.stack([x, y, z], -1).reshape(-1, 3)).reshape(r, r, r)
     logit = torch.logit(torch.tensor(rgb)).view(3, 1, 1, 1).expand(3, r, r, r)
-    field.set_grids(d.float(), logit.float())
+    field.set_grids(shapes.sdf_lattice(shape, r, cfg.field.bound), logit.float())
     return field
 
 

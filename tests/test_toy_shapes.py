@@ -92,3 +92,14 @@ def test_bad_input_raises():
         shapes.sdf("blob", torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         shapes.occupancy("cube", torch.zeros(3))
+
+
+def test_sdf_lattice_is_the_sdf_at_the_grid_nodes_in_z_y_x_order():
+    lat = shapes.sdf_lattice("cube", 9, 1.0)  # nodes at -1, -0.75, ..., 1
+    assert lat.shape == (9, 9, 9) and lat.dtype == torch.float32
+    assert lat[4, 4, 4].item() == pytest.approx(-0.4)  # the centre: 0.4 inside every face
+    assert lat[4, 4, 8].item() == pytest.approx(0.6)  # (x, y, z) = (1, 0, 0): layout (z, y, x)
+    assert lat[8, 4, 4].item() == pytest.approx(0.6) and lat[4, 8, 4].item() == pytest.approx(0.6)
+    assert lat[8, 8, 8].item() == pytest.approx(math.sqrt(3) * 0.6, rel=1e-6)  # the corner's distance
+    tor = shapes.sdf_lattice("torus", 9, 1.0)
+    assert tor[4, 4, 4].item() == pytest.approx(0.35 - 0.15)  # the hole's centre, outside

@@ -116,6 +116,14 @@ def sdf(shape: str, points) -> torch.Tensor:
     return torch.maximum(slant, -z - h)
 
 
+def sdf_lattice(shape: str, resolution: int, bound: float) -> torch.Tensor:
+    """``sdf`` at the nodes of a voxel lattice with corners at +-bound, laid out (z, y, x) like the scene's
+    grids -> (R, R, R) float32."""
+    axis = torch.linspace(-bound, bound, resolution, dtype=torch.float64)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    return sdf(shape, torch.stack([x, y, z], dim=-1).reshape(-1, 3)).reshape((resolution,) * 3).float()
+
+
 def sdf_normals(shape: str, points, eps: float = 1e-4) -> torch.Tensor:
     """Unit outward normals from central differences of ``sdf``. points (N, 3) -> (N, 3)."""
     p = _check(shape, points)
