@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import fixed_point  # noqa: E402
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fixed_point.py"
 
 
 @pytest.mark.parametrize("stage, pair, extra", [
@@ -21,8 +20,9 @@ import fixed_point  # noqa: E402
 def test_a_stage_starts_from_the_exact_primitive(tmp_path, stage, pair, extra):
     out = tmp_path / "rows.jsonl"
     steps = "surface.steps=2" if stage == "surface" else "optim.steps=2"
-    assert fixed_point.main(["--pairs", pair, "--stage", stage, "--set", steps, "--set", "run.threads=1",
-                             "--json", str(out), *extra]) == 0
+    done = subprocess.run([sys.executable, str(SCRIPT), "--pairs", pair, "--stage", stage, "--set", steps,
+                           "--set", "run.threads=1", "--json", str(out), *extra], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads(out.read_text())
     colour, shape = pair.split()
     before = row["before"]
