@@ -15,12 +15,14 @@ density, log sigma falling linearly across the surface through export.threshold 
 and 50; the blob and bias subtracted from the grid), the same albedo. Surface meshes are the d = 0 level set at surface.beta_end (what export
 draws), density meshes the export's blurred level.
 
-    python scripts/fixed_point.py --pairs "purple cube" "red cube" --stage surface --set surface.lr_sdf=0.002
+    python scripts/fixed_point.py --pairs "purple cube" "red cube" --stage surface \
+        --set surface.lr_sdf=0.002
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -43,7 +45,8 @@ from dreamfield.run import RunFolder  # noqa: E402
 from dreamfield.scene.cameras import sample_cameras  # noqa: E402
 from dreamfield.scene.render import render  # noqa: E402
 from dreamfield.scene.scene import Scene, make_scene  # noqa: E402
-from dreamfield.surface import EikonalObjective, beta_cap_at, make_surface_scene, stage_config  # noqa: E402
+from dreamfield.surface import (EikonalObjective, beta_cap_at, make_surface_scene, stage_config,  # noqa: E402
+                               stage_steps)
 from dreamfield.toy import shapes  # noqa: E402
 from dreamfield.toy.data import colourise, render_geometry  # noqa: E402
 from dreamfield.toy.domain import COLOURS, caption  # noqa: E402
@@ -54,16 +57,17 @@ from dreamfield.toy.measures import primitive_occupancy, score_mesh  # noqa: E40
 DENSITY_WIDTH, INSIDE_SIGMA, OUTSIDE_SIGMA = 0.02, 50.0, 0.0025
 
 
-def _albedo_logits(colour: str, channels: int, r: int) -> torch.Tensor:
+def _albedo_logits(colour: str, r: int) -> torch.Tensor:
+    """The colour's albedo logits at every voxel: (3, R, R, R)."""
     rgb = torch.tensor(COLOURS[colour]).clamp(1e-3, 1 - 1e-3)
-    return torch.logit(rgb).view(3, 1, 1, 1).expand(channels, r, r, r).clone()
+    return torch.logit(rgb).view(3, 1, 1, 1).expand(3, r, r, r).clone()
 
 
 def exact_surface_scene(cfg: Config, shape: str, colour: str) -> Scene:
     """The surface stage's scene holding the primitive's SDF and the colour's albedo."""
     scene = make_surface_scene(cfg, "cpu")
     r = cfg.surface.resolution
-    scene.field.set_grids(shapes.sdf_lattice(shape, r, cfg.field.bound), _albedo_logits(colour, 3, r))
+    scene.field.set_grids(shapes.sdf_lattice(shape, r, cfg.field.bound), _albedo_logits(colour, r))
     scene.field.beta_cap = beta_cap_at(cfg, 0)
     return scene
 
@@ -80,21 +84,20 @@ def exact_density_scene(cfg: Config, shape: str, colour: str) -> Scene:
     z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
     pts = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
     level = cfg.export.threshold if cfg.export.threshold is not None else 5.0
-    d = shapes.sdf_lattice(shape, r, bound).reshape(-1)
+    d = shapes.sdf(shape, pts)
     sigma = (level * torch.exp(-d / DENSITY_WIDTH)).clamp(OUTSIDE_SIGMA, INSIDE_SIGMA)
     pre = sigma.log() if cfg.field.density_activation == "exp" else torch.log(torch.expm1(sigma))
     with torch.no_grad():  # the field's activation adds density_bias and the blob to the grid (GridField)
         field.density_grid.copy_((pre - cfg.field.density_bias - field._blob(pts)).reshape(1, 1, r, r, r))
-        field.color_grid.copy_(_albedo_logits(colour, 3, r)[None])
+        field.color_grid.copy_(_albedo_logits(colour, r)[None])
     return scene
 
 
 def score(cfg: Config, scene: Scene, stage: str, shape: str, colour: str) -> dict:
     """The toy measures of the stage's exported mesh (vertex colours, no decimation; glTF frame, as exported)."""
-    ex = cfg.export
-    ex = type(ex)(**{**vars(ex), "target_faces": 0, "colour": "vertex", "compare_views": 0})
-    if stage == "surface":
-        cap, scene.field.beta_cap = scene.field.beta_cap, beta_cap_at(cfg, 10**9)
+    ex = dataclasses.replace(cfg.export, target_faces=0, colour="vertex", compare_views=0)
+    if stage == "surface":  # drawn as export draws the finished stage: at the ceiling after its last step
+        cap, scene.field.beta_cap = scene.field.beta_cap, beta_cap_at(cfg, stage_steps(cfg))
         mesh = extract_sdf_mesh(scene.field, ex, cfg.field.bound, "cpu")
         scene.field.beta_cap = cap
     else:
