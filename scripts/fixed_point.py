@@ -12,8 +12,8 @@ it was trained on.
 
 Starts: surface, the SDF lattice of ``toy.shapes.sdf`` with the colour's albedo, at the stage's beta;
 density, log sigma falling linearly across the surface through export.threshold at d = 0 (between 0.0025
-and 50; the blob and bias subtracted from the grid), the same albedo. Surface meshes are the d = 0 level set at surface.beta_end (what export
-draws), density meshes the export's blurred level.
+and 50; the blob and bias subtracted from the grid), the same albedo. Surface meshes are the d = 0 level
+set at surface.beta_end (what export draws), density meshes the export's blurred level.
 
     python scripts/fixed_point.py --pairs "purple cube" "red cube" --stage surface \
         --set surface.lr_sdf=0.002
