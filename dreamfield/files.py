@@ -67,3 +67,21 @@ def read_json(path: str | Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, in order; [] when it is missing or unreadable. Lines that are not
+    a JSON object are skipped: the last one may have been cut by a kill while it was being appended."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, ValueError):
+        return []
+    records = []
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+    return records

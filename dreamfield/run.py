@@ -31,7 +31,7 @@ from dreamfield.config import Config, load_config, to_yaml
 from dreamfield.device import resolve_device
 from dreamfield.errors import UsageError
 from dreamfield.export.video import image_grid
-from dreamfield.files import clean_tmp, write_bytes, write_text
+from dreamfield.files import clean_tmp, read_jsonl, write_bytes, write_text
 from dreamfield.scene.cameras import orbit_cameras
 from dreamfield.scene.scene import Scene, load_scene_state, make_scene
 from dreamfield.scene.sdf import SdfGridField
@@ -116,8 +116,8 @@ class RunFolder:
         """On resume, drop metric lines written after the checkpoint (they will be recomputed)."""
         if not self.metrics_path.is_file():
             return
-        keep = [l for l in self.metrics_path.read_text().splitlines() if l.strip() and json.loads(l).get("step", -1) < step]
-        write_text(self.metrics_path, "".join(l + "\n" for l in keep))
+        keep = [r for r in read_jsonl(self.metrics_path) if r.get("step", -1) < step]  # a cut last line goes too
+        write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def checkpoint(self, state: dict, periodic: bool) -> None:
         """checkpoints/last.pt, and checkpoints/step_XXXXXX.pt too when ``periodic``."""

@@ -281,6 +281,15 @@ def test_kill_9_after_a_timed_checkpoint_resumes_from_it(tmp_path, tiny_sd_path,
     _resume_and_compare(run, str(tiny_sd_path), uninterrupted)
 
 
+def test_a_metrics_line_cut_by_a_kill_does_not_block_the_resume(tmp_path, tiny_sd_path, uninterrupted):
+    run = tmp_path / "run"
+    stopped = _interrupt(run, str(tiny_sd_path), signal.SIGKILL, STEPS - 6, ["--set", "run.checkpoint_seconds=0.05"])
+    assert stopped.returncode == -signal.SIGKILL
+    with open(run / "metrics.jsonl", "a") as f:  # a kill in the middle of the loop's append leaves half a line
+        f.write('{"step": %d, "loss": 1.2' % (STEPS - 1))
+    _resume_and_compare(run, str(tiny_sd_path), uninterrupted)  # the half line is dropped with the others after it
+
+
 def test_an_export_killed_mid_write_keeps_the_previous_files(work, tiny_sd_path, tmp_path):
     import shutil
 

@@ -33,7 +33,7 @@ from typing import Optional
 import yaml
 
 from dreamfield.errors import UsageError
-from dreamfield.files import atomic_path, read_json, write_bytes
+from dreamfield.files import atomic_path, read_json, read_jsonl, write_bytes
 
 REPORT_NAME = "report.html"
 ASSETS_DIR = "report_assets"
@@ -70,20 +70,9 @@ class NotARunError(UsageError):
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` in order; unreadable lines (a line being written) are skipped."""
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-            records.append(rec)
-    return records
+    """The records of ``metrics.jsonl`` that carry a step, in order; unreadable lines (a line being written) are
+    skipped."""
+    return [r for r in read_jsonl(path) if isinstance(r.get("step"), (int, float))]
 
 
 def preview_steps(run_dir: Path) -> list[tuple[int, str]]:
