@@ -12,10 +12,15 @@ end small, where the whole run and its export take four minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from dreamfield.files import read_jsonl  # noqa: E402
 
 
 def windows(rows: list[dict], key: str, window: int, until: int) -> list[float]:
@@ -32,13 +37,7 @@ def read_rows(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise SystemExit(f"metric_windows.py: {run} has no metrics.jsonl")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a stop mid-write
-            continue
-    return rows
+    return read_jsonl(path)  # a line cut by a stop mid-write is skipped
 
 
 def main(argv=None) -> int:
