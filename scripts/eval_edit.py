@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     from dreamfield.cli import main as dreamfield
     from dreamfield.config import load_config
     from dreamfield.export.mesh import extract_mesh
+    from dreamfield.files import read_jsonl
     from dreamfield.scene.scene import make_scene
     from dreamfield.toy.domain import COLOURS, prompt
     from dreamfield.toy.measures import mesh_occupancy, reference_mesh, score_mesh
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     s_edit = score_mesh(edited, args.shape, args.to_colour)
     a, b = mesh_occupancy(src_mesh, 64), mesh_occupancy(edited, 64)
     iou_kept = float((a & b).sum() / max(1, (a | b).sum()))
-    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    metrics = read_jsonl(run / "metrics.jsonl")
     result = {
         "source": args.source,
         "prompts": [src_prompt, tgt_prompt],
