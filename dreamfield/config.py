@@ -122,6 +122,10 @@ class GuidanceConfig:
     t_max: float = 0.98
     t_max_end: Optional[float] = 0.3  # anneal t_max linearly to this value; None = no annealing
     anneal_steps: int = 0  # steps over which t_max anneals (0 = the whole run)
+    # a high-noise start: t_min is t_min_start for the first t_min_start_steps steps (only large t, which set the
+    # coarse shape, before small t refine it); None = t_min from the first step
+    t_min_start: Optional[float] = None
+    t_min_start_steps: int = 0
     space: str = "image"  # "latent" (SDS through the VAE encoder, DreamFusion) or "image" (decoded x0 target, HiFA)
     # image space: DDIM steps from t to the target's x0 (1 = the one-step estimate, HiFA). The one-step mean
     # blurs towards neighbouring colours; a few steps give a sharper sample of the prior near the render.
@@ -504,7 +508,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= g.t_min < g.t_max <= 1.0, "guidance.t_min/t_max", "0 <= t_min < t_max <= 1", (g.t_min, g.t_max))
     need(g.t_max_end is None or g.t_min <= g.t_max_end <= 1.0, "guidance.t_max_end", "in [t_min, 1] or null", g.t_max_end)
     need(g.grad_clip is None or g.grad_clip > 0, "guidance.grad_clip", "> 0 or null (off)", g.grad_clip)
-    at_least(0, "guidance.anneal_steps")
+    at_least(0, "guidance.anneal_steps", "guidance.t_min_start_steps")
+    need(g.t_min_start is None or g.t_min <= g.t_min_start < g.t_max, "guidance.t_min_start",
+         f"in [t_min ({g.t_min}), t_max ({g.t_max})) or null (off)", g.t_min_start)
     at_least(1, "guidance.batch_size", "guidance.denoise_steps")
     at_least(0, *(key for key, _ in _walk(cfg.loss, "loss.")))
     need(cfg.loss.tv == 0 or f.kind == "grid", "loss.tv", "0 unless field.kind=grid (the term needs a voxel grid)",

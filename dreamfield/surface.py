@@ -47,13 +47,14 @@ def stage_steps(cfg: Config) -> int:
 
 def stage_config(cfg: Config) -> Config:
     """The config the loop runs the surface stage under: :func:`stage_steps` steps, t_max annealed from
-    surface.t_max to surface.t_max_end over them, surface.p_* shading, every azimuth from the first step,
-    no density TV (the SDF has the eikonal term instead)."""
+    surface.t_max to surface.t_max_end over them (no high-noise start), surface.p_* shading, every azimuth from
+    the first step, no density TV (the SDF has the eikonal term instead)."""
     s = cfg.surface
     return dataclasses.replace(
         cfg,
         optim=dataclasses.replace(cfg.optim, steps=stage_steps(cfg)),
-        guidance=dataclasses.replace(cfg.guidance, t_max=s.t_max, t_max_end=s.t_max_end, anneal_steps=0),
+        guidance=dataclasses.replace(cfg.guidance, t_max=s.t_max, t_max_end=s.t_max_end, anneal_steps=0,
+                                     t_min_start=None),
         render=dataclasses.replace(cfg.render, p_albedo=s.p_albedo, p_lambertian=s.p_lambertian,
                                    p_textureless=s.p_textureless),
         camera=dataclasses.replace(cfg.camera, azimuth_widen_steps=0),

@@ -19,6 +19,8 @@ from dreamfield.distill import (
     sample_timesteps,
     sds_grad,
     t_max_at,
+    t_min_at,
+    timestep_range,
     weight,
 )
 from dreamfield.prior import GaussianPrior
@@ -120,6 +122,27 @@ def test_sample_timesteps_anneals_t_max():
     assert t_max_at(500, 1000, whole) == pytest.approx(0.74)
     # no annealing: t_max stays
     assert t_max_at(999, 1000, GuidanceConfig(t_max=0.98, t_max_end=None)) == 0.98
+
+
+def test_sample_timesteps_high_noise_start():
+    # t_min is t_min_start for steps 0..t_min_start_steps-1, then t_min; t_max anneals as without it
+    cfg = GuidanceConfig(t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_steps=100, t_min_start=0.6,
+                         t_min_start_steps=40)
+    assert [t_min_at(s, cfg) for s in (0, 39, 40, 500)] == [0.6, 0.6, 0.02, 0.02]
+    assert timestep_range(0, 1000, cfg, 1000) == (600, 980)
+    assert t_max_at(39, 1000, cfg) == pytest.approx(0.7928) and t_max_at(40, 1000, cfg) == pytest.approx(0.788)
+    assert timestep_range(39, 1000, cfg, 1000) == (600, int(t_max_at(39, 1000, cfg) * 1000))
+    assert timestep_range(40, 1000, cfg, 1000) == (20, int(t_max_at(40, 1000, cfg) * 1000))
+    early = sample_timesteps(5000, 10, 1000, cfg, 1000, _gen(3))
+    assert int(early.min()) == 600 and int(early.max()) == int(t_max_at(10, 1000, cfg) * 1000)
+    # past its steps, and when unset, the draws are those of the plain range with the same generator
+    plain = GuidanceConfig(t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_steps=100)
+    assert torch.equal(sample_timesteps(500, 40, 1000, cfg, 1000, _gen(4)),
+                       sample_timesteps(500, 40, 1000, plain, 1000, _gen(4)))
+    assert t_min_at(0, plain) == 0.02 and t_min_at(0, GuidanceConfig(t_min_start=0.6)) == 0.02  # 0 steps: off
+    # an annealed t_max below the start's t_min gives the one-point range [lo, lo]
+    low = GuidanceConfig(t_min=0.02, t_max=0.98, t_max_end=0.3, anneal_steps=10, t_min_start=0.6, t_min_start_steps=20)
+    assert timestep_range(15, 100, low, 1000) == (600, 600)
 
 
 def test_sample_timesteps_caps_at_T_minus_1_and_rejects_bad_fractions():

@@ -204,10 +204,12 @@ def test_beta_ceiling_falls_geometrically_and_stops_the_learned_beta():
 def test_stage_config_and_validation():
     from dreamfield.surface import stage_config, stage_steps
 
-    cfg = load_config([], ["optim.steps=40", "loss.tv=0.5", "surface.t_max=0.6", "surface.t_max_end=0.25"])
+    cfg = load_config([], ["optim.steps=40", "loss.tv=0.5", "surface.t_max=0.6", "surface.t_max_end=0.25",
+                           "guidance.t_min_start=0.7", "guidance.t_min_start_steps=5"])
     assert stage_steps(cfg) == 10
     st = stage_config(cfg)
     assert (st.optim.steps, st.guidance.t_max, st.guidance.t_max_end, st.loss.tv) == (10, 0.6, 0.25, 0.0)
+    assert st.guidance.t_min_start is None  # the density stage's high-noise start is not repeated on the surface
     assert st.camera.azimuth_widen_steps == 0 and st.field == cfg.field
     assert stage_steps(load_config([], ["surface.steps=7"])) == 7
     for bad, key in (("surface.beta_init=0.001", "surface.beta_init"), ("surface.t_max=0.1", "surface.t_max"),

@@ -6,7 +6,7 @@ Nothing here imports diffusers: the prior is reached only through its interface
 
 from dreamfield.distill.regularizers import entropy_loss, opacity_loss
 from dreamfield.distill.score import NonFiniteError, dds_grad, grad_to_loss, sds_grad, sds_image_loss, sds_image_target
-from dreamfield.distill.timesteps import WEIGHTINGS, sample_timesteps, t_max_at, timestep_range, weight
+from dreamfield.distill.timesteps import WEIGHTINGS, sample_timesteps, t_max_at, t_min_at, timestep_range, weight
 
 __all__ = [
     "WEIGHTINGS",
@@ -20,6 +20,7 @@ __all__ = [
     "sds_image_loss",
     "sds_image_target",
     "t_max_at",
+    "t_min_at",
     "timestep_range",
     "weight",
 ]

@@ -30,16 +30,25 @@ def t_max_at(step: int, total_steps: int, cfg: GuidanceConfig) -> float:
     return cfg.t_max + (cfg.t_max_end - cfg.t_max) * frac
 
 
+def t_min_at(step: int, cfg: GuidanceConfig) -> float:
+    """The lower end of the timestep range (a fraction of T) at ``step``: ``cfg.t_min_start`` for the first
+    ``cfg.t_min_start_steps`` steps when it is set, ``cfg.t_min`` after (a step, not a ramp)."""
+    if cfg.t_min_start is not None and step < cfg.t_min_start_steps:
+        return cfg.t_min_start
+    return cfg.t_min
+
+
 def timestep_range(step: int, total_steps: int, cfg: GuidanceConfig, T: int) -> tuple[int, int]:
-    """The inclusive integer range [lo, hi] of timesteps at ``step``: lo = int(t_min T), hi = int(t_max T).
+    """The inclusive integer range [lo, hi] of timesteps at ``step``: lo = int(t_min T), hi = int(t_max T),
+    with t_min from :func:`t_min_at` and t_max from :func:`t_max_at`.
 
     hi is capped at T - 1 and is at least lo. Raises ValueError for fractions outside [0, 1].
     """
-    hi_frac = t_max_at(step, total_steps, cfg)
-    for name, v in (("t_min", cfg.t_min), ("t_max", cfg.t_max), ("t_max (annealed)", hi_frac)):
+    lo_frac, hi_frac = t_min_at(step, cfg), t_max_at(step, total_steps, cfg)
+    for name, v in (("t_min", lo_frac), ("t_max", cfg.t_max), ("t_max (annealed)", hi_frac)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"guidance.{name}={v} must lie in [0, 1]")
-    lo = min(int(cfg.t_min * T), T - 1)
+    lo = min(int(lo_frac * T), T - 1)
     hi = max(min(int(hi_frac * T), T - 1), lo)
     return lo, hi
 
