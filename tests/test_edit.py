@@ -158,6 +158,18 @@ def test_preservation_terms_run_and_are_logged_in_the_config(tiny_sd_path, sourc
     assert json.loads((out / "prompt.json").read_text())["method"] == "dds"
 
 
+def test_an_edit_does_not_take_the_source_runs_high_noise_start(tiny_sd_path, tmp_path):
+    src = tmp_path / "src"
+    assert main(["generate", "a red cube", "--model", str(tiny_sd_path), "--steps", "2", "--out", str(src),
+                 "--no-export", "--set", "guidance.t_min_start=0.6", "--set", "guidance.t_min_start_steps=50"] + FAST) == 0
+    assert "t_min_start: 0.6" in (src / "config.yaml").read_text()
+    out = tmp_path / "blue"
+    assert main(["edit", str(src), "--target-prompt", "a blue cube", "--model", str(tiny_sd_path), "--steps", "1",
+                 "--out", str(out), "--no-export"] + FAST) == 0
+    text = (out / "config.yaml").read_text()
+    assert "t_min_start: null" in text and "t_min_start_steps: 50" in text  # the steps are kept but unused
+
+
 def test_an_sds_edit_may_use_the_image_space_target(tiny_sd_path, source_run, tmp_path):
     from dreamfield.distill.objectives import ImageSDS
 
