@@ -45,6 +45,7 @@ class FieldConfig:
     # DreamFusion's density "blob": lambda * exp(-|x|^2 / (2 sigma^2)) added before the activation
     blob_density: float = 5.0
     blob_radius: float = 0.5  # toy shapes reach ~0.5 from the centre; a smaller blob let SDS shrink cubes to cones
+    blob_p: float = 2.0  # the blob's norm: 2 a ball; > 2 an axis-aligned rounded box of the same volume (field.blob)
     # "exp" (trunc_exp, DreamFusion's) or "softplus". softplus(raw) ~ raw, so within a run's steps the density stays
     # low: a translucent shell whose inner normals point inward and cancel the outer ones (dark, speckled shading;
     # cubes come out round). exp makes the surface opaque. The bias sets the start: a high one starts from a dense
@@ -472,6 +473,7 @@ def validate(cfg: Config) -> None:
 
     # the field
     at_least(0, "field.bound", "field.blob_radius", "field.fd_eps", strict=True)
+    at_least(1, "field.blob_p")
     at_least(2, "field.grid_resolution")
     at_least(4, "field.grid_features")
     at_least(1, "field.hash_levels", "field.hash_features_per_level", "field.hash_base_resolution", "field.hidden_dim",

@@ -37,14 +37,25 @@ from dreamfield.toy.evaluate import run_prompt  # noqa: E402
 
 
 @torch.no_grad()
-def blurred_density(run: Path, res: int, blur: float) -> torch.Tensor:
-    """The run's field density at the res^3 cell centres of [-1, 1]^3 (indexed [x, y, z]), blurred."""
+def field_density(run: Path, res: int) -> torch.Tensor:
+    """The run's field density at the res^3 cell centres of [-1, 1]^3 (indexed [x, y, z])."""
     cfg, scene, _ = load_run_scene(run, "cpu")
     if cfg.field.bound != 1.0:
         raise SystemExit(f"{run}: field.bound {cfg.field.bound}; the toy measures' grid spans [-1, 1]")
     pts = grid_points(res).float()
-    sigma = torch.cat([scene.field.density(chunk) for chunk in pts.split(65536)]).reshape(res, res, res)
-    return blur_density(sigma, blur, cfg.field.bound)
+    return torch.cat([scene.field.density(chunk) for chunk in pts.split(65536)]).reshape(res, res, res)
+
+
+def blurred(sigma: torch.Tensor, blur: float, log: bool) -> torch.Tensor:
+    """export.density_blur's Gaussian of sigma, or with ``log`` of log sigma (floored at LOG_FLOOR) mapped back
+    by exp: a geometric-mean blur, which leaves the level set of a field log-linear across a flat surface where
+    it is while the linear blur moves it outward by an amount set by the inside's density."""
+    if not log:
+        return blur_density(sigma, blur, 1.0)
+    return torch.exp(blur_density(sigma.clamp_min(LOG_FLOOR).log(), blur, 1.0))
+
+
+LOG_FLOOR = 1e-4
 
 
 def main(argv=None) -> int:
@@ -52,11 +63,13 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--levels", type=float, nargs="*", default=[2.6])
     p.add_argument("--fractions", type=float, nargs="*", default=[])
-    p.add_argument("--blur", type=float, default=0.06)
+    p.add_argument("--blur", type=float, nargs="+", default=[0.06], help="one or more blurs (world units)")
+    p.add_argument("--log", action="store_true", help="blur log sigma instead of sigma (see blurred())")
     p.add_argument("--res", type=int, default=64)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    rules = [(f"level {v:g}", "level", v) for v in a.levels] + [(f"{v:g} x max", "fraction", v) for v in a.fractions]
+    rules = [(f"b{b:g} level {v:g}", b, "level", v) for b in a.blur for v in a.levels] + [
+        (f"b{b:g} {v:g} x max", b, "fraction", v) for b in a.blur for v in a.fractions]
     if not rules:
         raise SystemExit("give --levels and/or --fractions")
     rows = []
@@ -65,25 +78,32 @@ def main(argv=None) -> int:
         if pair is None or not (run / "checkpoints" / "last.pt").is_file():
             print(f"skipped {run}: no toy prompt or no checkpoints/last.pt", flush=True)
             continue
-        grid = blurred_density(run, a.res, a.blur).numpy()
-        row = {"run": str(run), "prompt": prompt, "shape": pair[1], "max": float(grid.max()), "rules": {}}
-        for name, kind, v in rules:
+        sigma = field_density(run, a.res)
+        grids = {b: blurred(sigma, b, a.log).numpy() for b in a.blur}
+        row = {"run": str(run), "prompt": prompt, "shape": pair[1], "max": float(sigma.max()), "rules": {}}
+        for name, b, kind, v in rules:
+            grid = grids[b]
             level = v if kind == "level" else v * float(grid.max())
             pred, ious, _ = classify_occupancy(grid > level)
             row["rules"][name] = {"level": level, "pred": pred, "iou": ious[pair[1]]}
         rows.append(row)
         print(f"{prompt:<20} max {row['max']:4.1f}  " + "  ".join(
             f"{n}: {r['pred'][:4]} {r['iou']:.2f}" for n, r in row["rules"].items()), flush=True)
-    print(f"\n{'rule':<14} {'shape acc':>9} {'mean IoU':>8}  misses   ({len(rows)} runs, blur {a.blur})")
+    shapes = sorted({r["shape"] for r in rows})
+    print(f"\n{'rule':<18} {'shape acc':>9} {'mean IoU':>8}  " + " ".join(f"{s[:5]:>5}" for s in shapes)
+          + f"  misses   ({len(rows)} runs, {'log ' if a.log else ''}blur)")
     summary = {}
-    for name, _, _ in rules:
+    for name, _, _, _ in rules:
         ok = [r["rules"][name]["pred"] == r["shape"] for r in rows]
         iou = float(np.mean([r["rules"][name]["iou"] for r in rows])) if rows else 0.0
         misses = [f"{r['shape']}->{r['rules'][name]['pred']}" for r, k in zip(rows, ok) if not k]
-        summary[name] = {"shape_acc": float(np.mean(ok)) if rows else 0.0, "mean_iou": iou, "misses": misses}
-        print(f"{name:<14} {summary[name]['shape_acc']:9.1%} {iou:8.3f}  {', '.join(misses)}")
+        per = {s: float(np.mean([r["rules"][name]["iou"] for r in rows if r["shape"] == s])) for s in shapes}
+        summary[name] = {"shape_acc": float(np.mean(ok)) if rows else 0.0, "mean_iou": iou, "per_shape_iou": per,
+                         "misses": misses}
+        print(f"{name:<18} {summary[name]['shape_acc']:9.1%} {iou:8.3f}  " + " ".join(f"{per[s]:5.3f}" for s in shapes)
+              + f"  {', '.join(misses)}")
     if a.json:
-        a.json.write_text(json.dumps({"blur": a.blur, "res": a.res, "rows": rows, "summary": summary}, indent=1))
+        a.json.write_text(json.dumps({"blur": a.blur, "log": a.log, "res": a.res, "rows": rows, "summary": summary}, indent=1))
     return 0
 
 

@@ -123,14 +123,14 @@ def coverage(cfg: Config, scene: Scene, shape: str, colour: str, views: int = 16
     return round(cov(ours), 4), round(cov(truth), 4)
 
 
-def run_pair(cfg: Config, prior, stage: str, shape: str, colour: str) -> dict:
+def run_pair(cfg: Config, prior, stage: str, shape: str, colour: str, keep: Path | None = None) -> dict:
     scene = (exact_surface_scene if stage == "surface" else exact_density_scene)(cfg, shape, colour)
     before = score(cfg, scene, stage, shape, colour)
     ours, truth = coverage(cfg, scene, shape, colour)
     prompt = caption(colour, shape)
     run_cfg = stage_config(cfg) if stage == "surface" else cfg
     with tempfile.TemporaryDirectory() as tmp:
-        folder = RunFolder(Path(tmp) / "stage")
+        folder = RunFolder((keep or Path(tmp)) / prompt.replace(" ", "-"))
         folder.create(run_cfg, {"command": "generate", "prompt": prompt, "stage": stage})
         objective = make_objective(run_cfg, prior, prompt)
         if stage == "surface":
@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--stage", choices=("surface", "density"), default="surface")
     p.add_argument("--set", action="append", default=[], help="config overrides key=value")
     p.add_argument("--json", type=Path, help="also write the rows here (JSON lines)")
+    p.add_argument("--keep", type=Path, help="keep each finished stage's run folder under this folder "
+                   "(rescore it with export_levels.py or export it)")
     a = p.parse_args(argv)
     cfg = load_config([], ["run.device=cpu", *a.set])
     torch.manual_seed(cfg.run.seed)
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     rows = []
     for pair in a.pairs:
         colour, shape = pair.split()
-        row = run_pair(cfg, prior, a.stage, shape, colour)
+        row = run_pair(cfg, prior, a.stage, shape, colour, a.keep)
         rows.append(row)
         b, e = row["before"], row["after"]
         print(f"{row['pair']:<16} {b['iou']:.3f} {b['shape']} {b['volume']:.3f} ({row['true_volume']:.3f}) "

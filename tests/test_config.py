@@ -53,6 +53,7 @@ def test_shipped_configs_load(name):
         (["field.kind=octree"], ["field.kind", "grid", "hashgrid"]),
         (["guidance.t_min=0.9", "guidance.t_max=0.5"], ["t_min"]),
         (["guidance.denoise_steps=0"], ["guidance.denoise_steps", ">= 1"]),
+        (["field.blob_p=0.5"], ["field.blob_p", ">= 1"]),
         (["guidance.t_min_start=0.99"], ["guidance.t_min_start", "t_max (0.98)"]),
         (["guidance.t_min_start=0.01"], ["guidance.t_min_start", "t_min (0.02)"]),
         (["guidance.t_min_start_steps=-1"], ["guidance.t_min_start_steps", ">= 0"]),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dreamfield.config import FieldConfig, OptimConfig
 from dreamfield.scene.encoding import HashEncoding
-from dreamfield.scene.field import make_field
+from dreamfield.scene.field import blob, make_field, superball_scale
 
 SMALL_HASH = dict(
     kind="hashgrid", hash_levels=4, hash_log2_table_size=10, hash_base_resolution=4, hash_max_resolution=32, hidden_dim=16
@@ -49,6 +49,49 @@ def test_exp_activation_and_no_bounding_sphere():
     assert float(field.density(torch.zeros(1, 3))) == pytest.approx(math.exp(4.0), rel=1e-5)
     far = field.density(torch.tensor([[0.95, 0.0, 0.0]]))
     assert float(far) == pytest.approx(math.exp(-1.0 + 5.0 * math.exp(-0.95**2 / 0.08)), rel=1e-4)
+
+
+@pytest.mark.parametrize("p", [2.0, 4.0, 1.5])
+def test_blob_gradient_is_exact(p):
+    """blob()'s written-out gradient against autograd and gradcheck (float64), off the axes' kinks."""
+    cfg = FieldConfig(blob_p=p, blob_radius=0.45, blob_density=3.0)
+    x = (torch.rand(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.5) * 1.6
+    x = x[x.abs().min(dim=-1).values > 0.02].requires_grad_(True)  # |x_i|^(p-1) is not smooth at 0 for p < 2
+    value, grad = blob(cfg, x)
+    (auto,) = torch.autograd.grad(value.sum(), x)
+    assert torch.allclose(grad, auto, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda y: blob(cfg, y)[0], (x,))
+    assert torch.equal(blob(cfg, torch.zeros(1, 3, dtype=torch.float64))[1], torch.zeros(1, 3, dtype=torch.float64))
+
+
+def test_superball_blob_keeps_the_balls_volume_and_is_a_rounded_box():
+    """Each level set of the p = 4 blob is {||x||_4 <= r / c_4}, of the ball's volume 4/3 pi r^3 (a midpoint grid
+    count), and reaches further along a diagonal than along an axis relative to the ball's |x| = r."""
+    assert superball_scale(2.0) == pytest.approx(1.0, abs=1e-12)
+    assert superball_scale(1.0) ** 3 == pytest.approx((4.0 / 3.0) / (4.0 * math.pi / 3.0))  # octahedron 4/3 r^3
+    r, n = 0.4, 160
+    axis = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2.0 - 1.0
+    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    for p in (2.0, 4.0):
+        cfg = FieldConfig(blob_p=p, blob_radius=r, blob_density=1.0)
+        inside = blob(cfg, pts)[0] > math.exp(-0.5)  # rho < blob_radius
+        volume = float(inside.sum()) * (2.0 / n) ** 3
+        assert volume == pytest.approx(4.0 / 3.0 * math.pi * r**3, rel=0.01)
+    cfg = FieldConfig(blob_p=4.0, blob_radius=r, blob_density=1.0)
+    c = superball_scale(4.0)
+    on_axis = torch.tensor([[r / c, 0.0, 0.0]], dtype=torch.float64)
+    diagonal = torch.full((1, 3), r / c / 3 ** 0.25, dtype=torch.float64)  # ||.||_4 = r / c
+    for q in (on_axis, diagonal):
+        assert float(blob(cfg, q)[0]) == pytest.approx(math.exp(-0.5), rel=1e-9)
+    assert float(diagonal.norm()) > r > float(on_axis.norm())  # corners out, faces in
+
+
+def test_field_normals_use_the_superball_blob():
+    """With the network at zero the grid field's normals are the blob's: along the p-norm's gradient."""
+    cfg = FieldConfig(grid_resolution=16, blob_p=4.0, normals="autograd")
+    x = torch.tensor([[0.3, 0.1, 0.05], [-0.2, 0.25, -0.1]])
+    expect = F.normalize(torch.sign(x) * x.abs() ** 3, dim=-1)
+    assert torch.allclose(make_field(cfg).normals(x), expect, atol=1e-5)
 
 
 def _sphere_grid_field(normals: str) -> torch.nn.Module:

@@ -11,14 +11,19 @@ Two kinds, chosen by ``FieldConfig.kind``:
 
 Both share the density head (DreamFusion, Poole et al. 2022, Sec. 3.1 and App. A.2):
 
-    raw   = network(x) + density_bias + blob_density * exp(-|x|^2 / (2 blob_radius^2))
+    raw   = network(x) + density_bias + blob_density * exp(-rho(x)^2 / (2 blob_radius^2))
     sigma = activation(raw) * [|x| < bounding_radius]
 
 The Gaussian "blob" makes the first renders an object at the centre rather than fog; the density
-is forced to zero outside the bounding sphere (the toy prototype found that mattered).
+is forced to zero outside the bounding sphere (the toy prototype found that mattered). rho is the
+Euclidean norm for blob_p = 2 (DreamFusion's ball); for another p it is the p-norm scaled so that every
+level set keeps the volume of the ball it replaces (:func:`blob`): p > 2 makes a rounded box, aligned
+with the axes.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +55,31 @@ def trunc_exp(x: Tensor) -> Tensor:
     return _TruncExp.apply(x)
 
 
+def superball_scale(p: float) -> float:
+    """c_p with vol{x : c_p ||x||_p <= r} = vol{x : ||x||_2 <= r}: the unit p-ball's volume is
+    8 Gamma(1 + 1/p)^3 / Gamma(1 + 3/p) (the sphere's 4 pi / 3 at p = 2), so c_p = (V_p / V_2)^(1/3)."""
+    volume = 8.0 * math.gamma(1.0 + 1.0 / p) ** 3 / math.gamma(1.0 + 3.0 / p)
+    return (volume / (4.0 * math.pi / 3.0)) ** (1.0 / 3.0)
+
+
+def blob(cfg: FieldConfig, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The density blob lambda exp(-rho^2 / (2 sigma^2)) at x (N, 3) -> (value (N,), d value / d x (N, 3)).
+
+    rho = |x| for blob_p = 2; otherwise rho = c_p ||x||_p (:func:`superball_scale`), so each level set is a
+    superball of the volume of the p = 2 ball at that level. d rho / d x_i = c_p^p sign(x_i) |x_i|^(p-1) / rho^(p-1),
+    hence d value / d x = -value rho d rho / d x / sigma^2 (= -value x / sigma^2 at p = 2)."""
+    s2 = cfg.blob_radius**2
+    if cfg.blob_p == 2.0:
+        value = cfg.blob_density * torch.exp(-(x * x).sum(dim=-1) / (2.0 * s2))
+        return value, -(value / s2)[:, None] * x
+    p, c = cfg.blob_p, superball_scale(cfg.blob_p)
+    rho = c * x.abs().pow(p).sum(dim=-1).pow(1.0 / p)
+    value = cfg.blob_density * torch.exp(-rho * rho / (2.0 * s2))
+    # rho d rho / d x_i = c sign(x_i) (c |x_i| / rho)^(p-1) rho, bounded by c rho: 0 at the centre
+    ratio = (c * x.abs() / rho.clamp_min(1e-12)[:, None]).pow(p - 1.0)
+    return value, -(value * rho / s2)[:, None] * c * torch.sign(x) * ratio
+
+
 class DensityField(nn.Module):
     """What both field kinds share: the density head, normals and the Adam groups.
 
@@ -71,9 +101,8 @@ class DensityField(nn.Module):
 
     # -- shared ------------------------------------------------------------------------------------
     def _blob(self, x: Tensor) -> Tensor:
-        """DreamFusion's density blob lambda * exp(-|x|^2 / (2 sigma^2)) at x (N, 3) -> (N,)."""
-        cfg = self.cfg
-        return cfg.blob_density * torch.exp(-(x * x).sum(dim=-1) / (2.0 * cfg.blob_radius**2))
+        """The density blob at x (N, 3) -> (N,) (:func:`blob`)."""
+        return blob(self.cfg, x)[0]
 
     def _activate(self, raw: Tensor, x: Tensor) -> Tensor:
         """Network raw density (N,) at points x (N, 3) -> sigma (N,) >= 0 (module docstring)."""
@@ -100,7 +129,7 @@ class DensityField(nn.Module):
         That gradient points the same way as grad sigma wherever sigma > 0 (softplus and exp are
         increasing), but it stays informative where the activation saturates (softplus' slope
         vanishes in empty space, so grad sigma underflows to noise) and it ignores the bounding
-        sphere's cut, which is not a surface. The blob's part is exact: -blob(x) x / blob_radius^2.
+        sphere's cut, which is not a surface. The blob's part is exact (:func:`blob`).
 
         ``finite_difference`` (default): central differences of the network's raw density with step
         fd_eps along each axis, 6 extra density-only lookups in one batched call; the loss's backward
@@ -114,7 +143,7 @@ class DensityField(nn.Module):
         Differentiable w.r.t. the field's parameters when grad mode is on.
         """
         grad = self.raw_gradient(x) if self.cfg.normals == "autograd" else self.raw_gradient_fd(x)
-        grad = grad - (self._blob(x) / self.cfg.blob_radius**2)[:, None] * x
+        grad = grad + blob(self.cfg, x)[1]
         # n = -g / |g|; the 1e-24 keeps |g| = 0 (empty space) at n = 0 instead of 0 / 0
         return -grad * torch.rsqrt((grad * grad).sum(dim=-1, keepdim=True) + 1e-24)
 

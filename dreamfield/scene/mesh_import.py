@@ -59,6 +59,7 @@ from scipy.spatial import cKDTree
 
 from dreamfield.config import Config
 from dreamfield.export.gltf import load_gltf_mesh
+from dreamfield.scene.field import blob
 
 Tensor = torch.Tensor
 
@@ -426,8 +427,7 @@ def _raw_profile(sdf: Tensor, voxel: float, cfg: Config) -> Tensor:
 
 def _field_offset(cfg: Config, x: Tensor) -> Tensor:
     """What the field adds to its network's raw density at x (N, 3): bias + blob (field.py)."""
-    r2 = (x * x).sum(-1)
-    return cfg.field.density_bias + cfg.field.blob_density * torch.exp(-r2 / (2.0 * cfg.field.blob_radius**2))
+    return cfg.field.density_bias + blob(cfg.field, x)[0]
 
 
 def fit_field_to_mesh(mesh: trimesh.Trimesh, cfg: Config, device: torch.device | str = "cpu",
