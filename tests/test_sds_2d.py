@@ -1,0 +1,45 @@
+"""scripts/sds_2d.py: the billboard's start is the disc it says, composited over white, and a short run logs rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "sds_2d.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("sds_2d", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_start_is_a_grey_or_coloured_disc_over_white():
+    mod = _module()
+    a, c = mod.start(256, 0.6, None)
+    rgb = mod.composite(a, c)
+    assert rgb.shape == (1, 3, 256, 256)
+    coverage = float((torch.sigmoid(a) > 0.5).float().mean())
+    assert coverage == pytest.approx(math.pi * 0.6**2 / 4, rel=0.01)  # the disc's share of the [-1, 1]^2 square
+    assert torch.allclose(rgb[0, :, 128, 128], torch.full((3,), 0.5), atol=1e-3)  # grey inside
+    assert torch.allclose(rgb[0, :, 0, 0], torch.ones(3), atol=1e-4)  # white outside
+    _, c = mod.start(8, 0.6, (0.85, 0.15, 0.15))
+    assert torch.allclose(torch.sigmoid(c[:, 3, 4]), torch.tensor([0.85, 0.15, 0.15]))
+
+
+def test_a_short_run_logs_coverage_and_albedo(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert _module().main(["--prompts", "a red cube", "--steps", "11", "--start-colour", "prompt", "--json", str(out),
+                           "--set", "run.threads=1"]) == 0
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in rec["rows"]] == [0, 10]
+    first = rec["rows"][0]
+    assert first["coverage"] == pytest.approx(math.pi * 0.6**2 / 4, abs=0.01)
+    assert first["albedo"] == pytest.approx([0.85, 0.15, 0.15], abs=1e-3)  # the oracle start
+    assert rec["rows"][1]["albedo"] != first["albedo"]  # the objective moved it
