@@ -10,7 +10,9 @@ the same --seed draw the same t, noise and view prompts, so prompts compare step
 ``metric_windows.py`` do, at a fraction of the cost (a 160-step window in under a minute, one thread).
 
 ``--start-colour prompt`` starts the albedo at the toy colour table's value for the prompt's colour instead of
-grey (an oracle: what the grey start costs each colour).
+grey (an oracle: what the grey start costs each colour); ``sample`` at the mean colour of the object's core
+(pixels at least CORE from white, past the anti-aliased rim) in SAMPLES DDIM samples of the prompt's front
+view: what the prior alone says, with no colour table.
 
     python scripts/sds_2d.py --prompts "a red cube" "a green cube" --steps 160 --window 100 150 --json out.jsonl
 """
@@ -30,12 +32,30 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from dreamfield.config import Config, load_config  # noqa: E402
+from dreamfield.diffusion.sampling import sample  # noqa: E402
 from dreamfield.distill.objectives import View, make_objective  # noqa: E402
 from dreamfield.prior import load_prior  # noqa: E402
 from dreamfield.scene.cameras import sample_cameras  # noqa: E402
 from dreamfield.toy.domain import COLOURS  # noqa: E402
 
 EDGE = 12.0  # the start's opacity logit falls by EDGE per image unit across the disc's rim
+SAMPLES, SAMPLE_STEPS = 4, 30  # --start-colour sample: DDIM samples of the front view and their steps
+CORE = 0.3  # ... and the mean |1 - rgb| a pixel of the object's core has at least
+
+
+@torch.no_grad()
+def sampled_colour(cfg: Config, prior, prompt: str) -> tuple[float, float, float]:
+    """The mean rgb of the object's core (pixels >= CORE from white, channel mean) in SAMPLES DDIM samples."""
+    emb = prior.embed([f"{prompt}, front view"] * SAMPLES, cfg.prior.negative_prompt)
+    shape = (SAMPLES, prior.latent_channels, prior.latent_size, prior.latent_size)
+    z = sample(lambda x, t: prior.eps(x, t, emb, cfg.prior.guidance_scale), shape, prior.schedule, steps=SAMPLE_STEPS,
+               generator=torch.Generator().manual_seed(cfg.run.seed))
+    img = prior.decode(z).float()  # (B, 3, S, S)
+    fg = (1.0 - img).abs().mean(dim=1) > CORE  # (B, S, S)
+    if not fg.any():
+        raise SystemExit(f"sds_2d.py: the samples of {prompt!r} are blank")
+    rgb = img.permute(1, 0, 2, 3)[:, fg].mean(dim=1).clamp(0.02, 0.98)
+    return tuple(float(v) for v in rgb)
 
 
 def start(size: int, radius: float, colour: tuple[float, float, float] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps (default optim.steps)")
     p.add_argument("--radius", type=float, default=0.6, help="the start disc's radius (image units; 0.6: ~0.28 "
                    "coverage, about the 3D blob's first renders)")
-    p.add_argument("--start-colour", choices=("grey", "prompt"), default="grey")
+    p.add_argument("--start-colour", choices=("grey", "prompt", "sample"), default="grey")
     p.add_argument("--window", type=int, nargs=2, default=(100, 150), metavar=("FROM", "TO"))
     p.add_argument("--set", action="append", default=[], help="config overrides key=value")
     p.add_argument("--json", type=Path, help="write each prompt's rows here (JSON lines)")
@@ -114,12 +134,16 @@ def main(argv=None) -> int:
             if not words:
                 raise SystemExit(f"sds_2d.py: --start-colour prompt needs a toy colour in {prompt!r}")
             colour = COLOURS[words[0]]
+        elif a.start_colour == "sample":
+            colour = sampled_colour(cfg, prior, prompt)
         rows = run(cfg, prior, prompt, steps, a.radius, colour)
         last = rows[-1]
         rgb = " ".join("-" if v is None else f"{v:.2f}" for v in last["albedo"])
-        print(f"{prompt:<20} {window_mean(rows, lo, hi):.3f}   step {last['step']}: {last['coverage']:.3f} ({rgb})",
+        began = "" if colour is None else " from (" + " ".join(f"{v:.2f}" for v in colour) + ")"
+        print(f"{prompt:<20} {window_mean(rows, lo, hi):.3f}   step {last['step']}: {last['coverage']:.3f} ({rgb}){began}",
               flush=True)
-        out.append({"prompt": prompt, "seed": a.seed, "start": a.start_colour, "overrides": a.set, "rows": rows})
+        out.append({"prompt": prompt, "seed": a.seed, "start": a.start_colour, "start_rgb": colour, "overrides": a.set,
+                    "rows": rows})
     if a.json:
         a.json.write_text("".join(json.dumps(r) + "\n" for r in out))
     return 0

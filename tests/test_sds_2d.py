@@ -43,3 +43,14 @@ def test_a_short_run_logs_coverage_and_albedo(tmp_path):
     assert first["coverage"] == pytest.approx(math.pi * 0.6**2 / 4, abs=0.01)
     assert first["albedo"] == pytest.approx([0.85, 0.15, 0.15], abs=1e-3)  # the oracle start
     assert rec["rows"][1]["albedo"] != first["albedo"]  # the objective moved it
+
+
+def test_the_sampled_start_colour_is_the_prompts(tmp_path):
+    """--start-colour sample: the foreground mean of the prior's own samples of "a blue cube" is blue-dominant."""
+    out = tmp_path / "rows.jsonl"
+    assert _module().main(["--prompts", "a blue cube", "--steps", "1", "--start-colour", "sample", "--json", str(out),
+                           "--set", "run.threads=1"]) == 0
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    r, g, b = rec["start_rgb"]
+    assert b > r + 0.2 and b > g + 0.2, rec["start_rgb"]
+    assert rec["rows"][0]["albedo"] == pytest.approx(rec["start_rgb"], abs=2e-3)
