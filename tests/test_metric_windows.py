@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "metric_windows.py"
+from scripts_dir import SCRIPTS, load_script
+
+SCRIPT = SCRIPTS / "metric_windows.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("metric_windows", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("metric_windows")
 
 
 def test_window_means_follow_the_logged_steps():

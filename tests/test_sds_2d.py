@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "sds_2d.py"
+from scripts_dir import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("sds_2d", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("sds_2d")
 
 
 def test_the_start_is_a_grey_or_coloured_disc_over_white():
