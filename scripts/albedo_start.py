@@ -26,17 +26,18 @@ from dreamfield.config import load_config  # noqa: E402
 from dreamfield.distill.objectives import make_objective  # noqa: E402
 from dreamfield.optimize import optimize  # noqa: E402
 from dreamfield.prior import load_prior  # noqa: E402
-from dreamfield.run import RunFolder  # noqa: E402
+from dreamfield.run import RunFolder, slugify  # noqa: E402
 from dreamfield.scene.scene import make_scene  # noqa: E402
-from dreamfield.toy.domain import COLOURS  # noqa: E402
+from dreamfield.toy.domain import COLOURS, parse_prompt  # noqa: E402
 
 
 def start_colour(prompt: str, colour: str) -> tuple[float, float, float]:
     if colour == "prompt":
-        words = [w for w in prompt.split() if w in COLOURS]
-        if not words:
-            raise SystemExit(f"albedo_start.py: --colour prompt needs a toy colour in {prompt!r}")
-        return COLOURS[words[0]]
+        pair = parse_prompt(prompt)
+        if pair is None:
+            raise SystemExit(f"albedo_start.py: --colour prompt needs a toy prompt ('a <colour> <shape>'), "
+                             f"got {prompt!r}")
+        return COLOURS[pair[0]]
     try:
         rgb = tuple(float(v) for v in colour.split(","))
     except ValueError:
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt")
     p.add_argument("--colour", default="prompt", help="'prompt' (the toy colour table's) or R,G,B")
-    p.add_argument("--out", type=Path, required=True, help="the run folder is OUT/<prompt with dashes>")
+    p.add_argument("--out", type=Path, required=True, help="the run folder is OUT/<the prompt's slug>")
     p.add_argument("--set", action="append", default=[], help="config overrides key=value")
     a = p.parse_args(argv)
     cfg = load_config([REPO / "configs" / "one_stage.yaml"], ["run.device=cpu", *a.set])
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     grid = scene.field.color_grid
     with torch.no_grad():
         grid.copy_(torch.logit(torch.tensor(rgb)).view(1, 3, 1, 1, 1).expand_as(grid))
-    folder = RunFolder(a.out / a.prompt.replace(" ", "-"))
+    folder = RunFolder(a.out / slugify(a.prompt))
     folder.create(cfg, {"command": "generate", "prompt": a.prompt, "albedo_start": list(rgb)})
     optimize(cfg, folder, make_objective(cfg, prior, a.prompt), torch.device("cpu"), scene=scene, progress=False)
     print(f"{a.prompt}: albedo started at ({', '.join(f'{v:.2f}' for v in rgb)}) -> {folder.dir}")

@@ -36,6 +36,9 @@ from dreamfield.toy.measures import classify_occupancy, grid_points  # noqa: E40
 from dreamfield.toy.evaluate import run_prompt  # noqa: E402
 
 
+LOG_FLOOR = 1e-4  # blurred(log=True): sigma below this counts as this (log sigma is -inf at 0)
+
+
 @torch.no_grad()
 def field_density(run: Path, res: int) -> torch.Tensor:
     """The run's field density at the res^3 cell centres of [-1, 1]^3 (indexed [x, y, z])."""
@@ -53,9 +56,6 @@ def blurred(sigma: torch.Tensor, blur: float, log: bool) -> torch.Tensor:
     if not log:
         return blur_density(sigma, blur, 1.0)
     return torch.exp(blur_density(sigma.clamp_min(LOG_FLOOR).log(), blur, 1.0))
-
-
-LOG_FLOOR = 1e-4
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,7 @@ from dreamfield.export.mesh import extract_mesh  # noqa: E402
 from dreamfield.export.sdf_mesh import extract_sdf_mesh  # noqa: E402
 from dreamfield.optimize import optimize  # noqa: E402
 from dreamfield.prior import load_prior  # noqa: E402
-from dreamfield.run import RunFolder  # noqa: E402
+from dreamfield.run import RunFolder, slugify  # noqa: E402
 from dreamfield.scene.cameras import sample_cameras  # noqa: E402
 from dreamfield.scene.render import render  # noqa: E402
 from dreamfield.scene.scene import Scene, make_scene  # noqa: E402
@@ -130,7 +130,7 @@ def run_pair(cfg: Config, prior, stage: str, shape: str, colour: str, keep: Path
     prompt = caption(colour, shape)
     run_cfg = stage_config(cfg) if stage == "surface" else cfg
     with tempfile.TemporaryDirectory() as tmp:
-        folder = RunFolder((keep or Path(tmp)) / prompt.replace(" ", "-"))
+        folder = RunFolder((keep or Path(tmp)) / slugify(prompt))
         folder.create(run_cfg, {"command": "generate", "prompt": prompt, "stage": stage})
         objective = make_objective(run_cfg, prior, prompt)
         if stage == "surface":

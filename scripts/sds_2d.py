@@ -36,7 +36,7 @@ from dreamfield.diffusion.sampling import sample  # noqa: E402
 from dreamfield.distill.objectives import View, make_objective  # noqa: E402
 from dreamfield.prior import load_prior  # noqa: E402
 from dreamfield.scene.cameras import sample_cameras  # noqa: E402
-from dreamfield.toy.domain import COLOURS  # noqa: E402
+from dreamfield.toy.domain import COLOURS, parse_prompt  # noqa: E402
 
 EDGE = 12.0  # the start's opacity logit falls by EDGE per image unit across the disc's rim
 SAMPLES, SAMPLE_STEPS = 4, 30  # --start-colour sample: DDIM samples of the front view and their steps
@@ -130,10 +130,11 @@ def main(argv=None) -> int:
     for prompt in a.prompts:
         colour = None
         if a.start_colour == "prompt":
-            words = [w for w in prompt.split() if w in COLOURS]
-            if not words:
-                raise SystemExit(f"sds_2d.py: --start-colour prompt needs a toy colour in {prompt!r}")
-            colour = COLOURS[words[0]]
+            pair = parse_prompt(prompt)
+            if pair is None:
+                raise SystemExit(f"sds_2d.py: --start-colour prompt needs a toy prompt ('a <colour> <shape>'), "
+                                 f"got {prompt!r}")
+            colour = COLOURS[pair[0]]
         elif a.start_colour == "sample":
             colour = sampled_colour(cfg, prior, prompt)
         rows = run(cfg, prior, prompt, steps, a.radius, colour)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from dreamfield.files import read_jsonl
 from dreamfield.run import load_run_scene
+from scripts_dir import SCRIPTS
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "albedo_start.py"
+REPO = SCRIPTS.parent
+SCRIPT = SCRIPTS / "albedo_start.py"
 SETS = ["run.seed=3", "optim.steps=11", "run.threads=1", "run.export=false"]
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fixed_point.py"
-LEVELS = SCRIPT.parent / "export_levels.py"
+from scripts_dir import SCRIPTS
+
+SCRIPT = SCRIPTS / "fixed_point.py"
+LEVELS = SCRIPTS / "export_levels.py"
 
 
 @pytest.mark.parametrize("stage, pair, extra", [
