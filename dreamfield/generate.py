@@ -18,6 +18,7 @@ import torch
 from dreamfield.checkpoint import load_checkpoint
 from dreamfield.config import Config, load_config
 from dreamfield.device import resolve_device, set_threads
+from dreamfield.distill.coverage import CoverageAnchor, prior_area
 from dreamfield.distill.objectives import make_objective, step_texts
 from dreamfield.errors import UsageError, check_prompt
 from dreamfield.optimize import optimize
@@ -85,8 +86,10 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
     device, prior = open_prior(cfg)
     if cfg.prior.model is None:
         prompt = toy_prompt(prompt)
+    meta = {"command": "generate", "prompt": prompt}
     if not resume:
-        run.create(cfg, {"command": "generate", "prompt": prompt})
+        coverage = coverage_target(cfg, prior, prompt, meta)
+        run.create(cfg, {**meta, "coverage_area": coverage} if coverage is not None else meta)
     else:
         run.open_for_resume()
         run.record_overrides(cfg)
@@ -97,8 +100,14 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
     # the coarse density stage, then (surface.enabled) the surface stage; a run resumed inside the surface
     # stage skips the coarse one (its checkpoint is final)
     in_surface = cfg.surface.enabled and resume and surface_folder(run).last.exists()
-    scene = None if in_surface else optimize(cfg, run, make_objective(cfg, prior, prompt), device, resume=resume,
-                                             progress=progress)
+    scene = None
+    if not in_surface:
+        objective = make_objective(cfg, prior, prompt)
+        if resume:
+            coverage = coverage_target(cfg, prior, prompt, run.meta())
+        if coverage is not None:
+            objective = CoverageAnchor(objective, cfg.loss.coverage_scale * coverage, cfg.loss.coverage)
+        scene = optimize(cfg, run, objective, device, resume=resume, progress=progress)
     if cfg.surface.enabled:
         if not in_surface:  # the coarse stage's share, for a side-by-side with one-stage runs
             run.write_timing(time.perf_counter() - t0, "coarse_optimize_seconds")
@@ -108,6 +117,21 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
         export_run(cfg, scene, run)
     say(f"done: {run.dir} (report: {run.write_report()})")
     return scene
+
+
+def coverage_target(cfg: Config, prior: Prior, prompt: str, meta: dict) -> Optional[float]:
+    """The projected area of the prior's samples of ``prompt`` (:func:`prior_area`), for loss.coverage; None when
+    the term is off. A run records it in prompt.json ("coverage_area"); a resumed run reads it from ``meta`` (its
+    prompt.json), so the resumed steps see the value the first ones saw."""
+    if cfg.loss.coverage <= 0:
+        return None
+    if isinstance(meta.get("coverage_area"), (int, float)):
+        return float(meta["coverage_area"])
+    t0 = time.perf_counter()
+    area = prior_area(prior, prompt, cfg, torch.Generator().manual_seed(cfg.run.seed))
+    say(f"size anchor: the object's projected area in {cfg.loss.coverage_samples} of the prior's samples is "
+        f"{area:.3f} ({time.perf_counter() - t0:.1f} s)")
+    return area
 
 
 # -- the surface stage (dreamfield.surface): its folder, its loop, its export -------------------------------
