@@ -158,3 +158,23 @@ def test_the_anchor_is_off_by_default(tiny_sd_path, tmp_path):
     assert main(["generate", "a blue sphere", "--model", str(tiny_sd_path), "--out", str(run), *_without_anchor(FAST)]) == 0
     assert "coverage_area" not in json.loads((run / "prompt.json").read_text())
     assert "coverage" not in json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_prior_area_script_scores_a_sphere_at_its_closed_form_area(tmp_path):
+    # A sphere of radius r seen from distance d has a silhouette of radius r d / sqrt(d^2 - r^2) on the plane
+    # through the origin, so the true projected area the script compares with is pi r^2 d^2 / (d^2 - r^2).
+    from scripts_dir import load_script
+
+    script = load_script("prior_area")
+    cfg = load_config([], ["loss.coverage_samples=6"])
+    cams = sample_cameras(cfg.camera, 6, torch.Generator().manual_seed(2), "cpu")
+    d2 = cams.distance ** 2
+    exact = float((math.pi * 0.25 * d2 / (d2 - 0.25)).mean())
+    assert script.true_area(cfg, "sphere", 2) == pytest.approx(exact, rel=0.02)
+
+    out = tmp_path / "areas.json"
+    assert script.main(["--pairs", "a red sphere", "--seeds", "2", "--set", "loss.coverage_samples=2",
+                        "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["prompt"] == "a red sphere" and row["guidance"] == 1.0 and row["area"] > 0
+    assert row["ratio"] == pytest.approx(row["area"] / row["true_area"])
