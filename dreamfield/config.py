@@ -153,7 +153,6 @@ class LossConfig:
     coverage_scale: float = 1.0
     coverage_samples: int = 16
     coverage_guidance: float = 1.0
-    coverage_edge: Optional[float] = None  # None: coverage is the mean opacity; w: the share past half opacity
 
 
 @dataclass
@@ -522,11 +521,9 @@ def validate(cfg: Config) -> None:
     need(g.t_min_start is None or g.t_min <= g.t_min_start < g.t_max, "guidance.t_min_start",
          f"in [t_min ({g.t_min}), t_max ({g.t_max})) or null (off)", g.t_min_start)
     at_least(1, "guidance.batch_size", "guidance.denoise_steps")
-    at_least(0, *(key for key, value in _walk(cfg.loss, "loss.") if value is not None))
+    at_least(0, *(key for key, _ in _walk(cfg.loss, "loss.")))
     at_least(0, "loss.coverage_scale", strict=True)
     at_least(1, "loss.coverage_samples")
-    need(cfg.loss.coverage_edge is None or cfg.loss.coverage_edge > 0, "loss.coverage_edge", "> 0 or null (mean opacity)",
-         cfg.loss.coverage_edge)
     need(cfg.loss.tv == 0 or f.kind == "grid", "loss.tv", "0 unless field.kind=grid (the term needs a voxel grid)",
          cfg.loss.tv)
     # optimisation and the run

@@ -106,8 +106,7 @@ def run_generate(cfg: Config, prompt: str, run: RunFolder, resume: bool = False,
         if resume:
             coverage = coverage_target(cfg, prior, prompt, run.meta())
         if coverage is not None:
-            objective = CoverageAnchor(objective, cfg.loss.coverage_scale * coverage, cfg.loss.coverage,
-                                       cfg.loss.coverage_edge)
+            objective = CoverageAnchor(objective, cfg.loss.coverage_scale * coverage, cfg.loss.coverage)
         scene = optimize(cfg, run, objective, device, resume=resume, progress=progress)
     if cfg.surface.enabled:
         if not in_surface:  # the coarse stage's share, for a side-by-side with one-stage runs

@@ -94,17 +94,7 @@ def test_coverage_loss_is_the_mean_of_per_image_squared_gaps():
     assert float(coverage_loss(opacity, torch.tensor([0.3, 0.4]))) == pytest.approx((0.2 ** 2 + 0.3 ** 2) / 2)
 
 
-def test_the_edge_measure_counts_pixels_past_half_opacity_and_not_fog():
-    # 8 of 16 pixels solid (0.95), 8 fog (0.3): mean opacity 0.625, the share past half opacity ~0.5.
-    opacity = torch.cat([torch.full((8,), 0.95), torch.full((8,), 0.3)]).view(1, 1, 4, 4)
-    zero = torch.zeros(1)
-    assert float(coverage_loss(opacity, zero)) == pytest.approx(0.625 ** 2)
-    edge = float(coverage_loss(opacity, zero, edge=0.05)) ** 0.5
-    share = (8 * torch.sigmoid(torch.tensor(0.45 / 0.05)) + 8 * torch.sigmoid(torch.tensor(-0.2 / 0.05))) / 16
-    assert edge == pytest.approx(float(share), rel=1e-6) and abs(edge - 0.5) < 0.01
-
-
-@pytest.mark.parametrize("key, value", [("loss.coverage_edge", "0"), ("loss.coverage_scale", "0"), ("loss.coverage_samples", "0"),
+@pytest.mark.parametrize("key, value", [("loss.coverage_scale", "0"), ("loss.coverage_samples", "0"),
                                         ("loss.coverage", "-1"), ("loss.coverage_guidance", "-1")])
 def test_config_refuses_bad_anchor_settings(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -61,25 +61,20 @@ def prior_area(prior: Prior, prompt: str, cfg: Config, generator: torch.Generato
     return float((torch.cat(covered) * frame_area(cams)).mean())
 
 
-def coverage_loss(opacity: Tensor, target: Tensor, edge: float | None = None) -> Tensor:
-    """mean_b (coverage of image b - target_b)^2 for opacity (B, 1, H, W), target (B,) -> scalar.
-
-    Coverage is the mean accumulated opacity (edge None), or with an edge width w the mean of
-    sigmoid((opacity - 0.5) / w): the share of pixels past half opacity, so that fog below it hardly counts
-    and the term moves the silhouette's rim instead of thickening the fog."""
-    o = opacity if edge is None else torch.sigmoid((opacity - 0.5) / edge)
-    return ((o.mean(dim=(1, 2, 3)) - target) ** 2).mean()
+def coverage_loss(opacity: Tensor, target: Tensor) -> Tensor:
+    """mean_b (mean accumulated opacity of image b - target_b)^2 for opacity (B, 1, H, W), target (B,) -> scalar."""
+    return ((opacity.mean(dim=(1, 2, 3)) - target) ** 2).mean()
 
 
 class CoverageAnchor:
-    """An objective plus ``weight * coverage_loss(out.opacity, area / frame_area(cams), edge)`` as its extra term
+    """An objective plus ``weight * coverage_loss(out.opacity, area / frame_area(cams))`` as its extra term
     "coverage"; ``area`` is the target projected area (loss.coverage_scale x :func:`prior_area`)."""
 
-    def __init__(self, inner, area: float, weight: float, edge: float | None = None) -> None:
-        self.inner, self.area, self.weight, self.edge = inner, area, weight, edge
+    def __init__(self, inner, area: float, weight: float) -> None:
+        self.inner, self.area, self.weight = inner, area, weight
 
     def __call__(self, step: int, out, view: View, generator: torch.Generator) -> Term:
         term = self.inner(step, out, view, generator)
         target = (self.area / frame_area(view.host_cams)).to(out.opacity.device, out.opacity.dtype)
-        anchor = ("coverage", self.weight * coverage_loss(out.opacity, target, self.edge))
+        anchor = ("coverage", self.weight * coverage_loss(out.opacity, target))
         return dataclasses.replace(term, extra=(*term.extra, anchor))
