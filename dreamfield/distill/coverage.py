@@ -48,16 +48,14 @@ def prior_area(prior: Prior, prompt: str, cfg: Config, generator: torch.Generato
     n, w = cfg.loss.coverage_samples, cfg.loss.coverage_guidance
     cams = sample_cameras(cfg.camera, n, generator, "cpu")
     texts = prompts_for(prompt, cams, cfg.prior.view_dependent)
-    background = None
+    background = torch.tensor(cfg.render.background_color).view(1, 3, 1, 1)
     covered = []
     for i in range(0, n, CHUNK):
         text = prior.embed(texts[i:i + CHUNK], cfg.prior.negative_prompt)
         shape = (len(text), prior.latent_channels, prior.latent_size, prior.latent_size)
         z = sample(lambda x, t: prior.eps(x, t, text, w), shape, prior.schedule, steps=SAMPLE_STEPS, generator=generator)
-        img = prior.decode(z).float()  # (b, 3, S, S) in [0, 1]
-        if background is None:
-            background = torch.tensor(cfg.render.background_color, device=img.device).view(1, 3, 1, 1)
-        covered.append(((img - background).abs().mean(dim=1) >= FOREGROUND).float().mean(dim=(1, 2)).cpu())
+        img = prior.decode(z).float().cpu()  # (b, 3, S, S) in [0, 1]
+        covered.append(((img - background).abs().mean(dim=1) >= FOREGROUND).float().mean(dim=(1, 2)))
     return float((torch.cat(covered) * frame_area(cams)).mean())
 
 
