@@ -147,11 +147,12 @@ class LossConfig:
     tv: float = 0.0  # total variation of the voxel grid's raw density (grid fields only): evens out SDS grain
     preserve: float = 0.0  # edit only: photometric loss to the source renders
     # generate's density stage only: coverage * (mean opacity - coverage_scale * A / frame area)^2, A the object's
-    # projected area in coverage_samples of the prior's own samples at guidance scale coverage_guidance
-    # (dreamfield.distill.coverage)
+    # projected area in coverage_samples of the prior's own samples (coverage_steps DDIM steps each) at guidance
+    # scale coverage_guidance (dreamfield.distill.coverage)
     coverage: float = 0.0
     coverage_scale: float = 1.0
     coverage_samples: int = 16
+    coverage_steps: int = 30
     coverage_guidance: float = 1.0
 
 
@@ -523,7 +524,7 @@ def validate(cfg: Config) -> None:
     at_least(1, "guidance.batch_size", "guidance.denoise_steps")
     at_least(0, *(key for key, _ in _walk(cfg.loss, "loss.")))
     at_least(0, "loss.coverage_scale", strict=True)
-    at_least(1, "loss.coverage_samples")
+    at_least(1, "loss.coverage_samples", "loss.coverage_steps")
     need(cfg.loss.tv == 0 or f.kind == "grid", "loss.tv", "0 unless field.kind=grid (the term needs a voxel grid)",
          cfg.loss.tv)
     # optimisation and the run

@@ -25,7 +25,6 @@ from dreamfield.prior.interface import Prior
 from dreamfield.scene.cameras import Cameras, sample_cameras
 
 FOREGROUND = 0.15  # a sample's pixel is the object's when its mean |rgb - background| is at least this
-SAMPLE_STEPS = 30  # DDIM steps per sample
 CHUNK = 8  # samples drawn at once (bounds the memory of a full-size prior)
 
 
@@ -36,7 +35,8 @@ def frame_area(cams: Cameras) -> Tensor:
 
 @torch.no_grad()
 def prior_area(prior: Prior, prompt: str, cfg: Config, generator: torch.Generator) -> float:
-    """The object's mean projected area, coverage x frame_area, over loss.coverage_samples DDIM samples of ``prompt``.
+    """The object's mean projected area, coverage x frame_area, over loss.coverage_samples DDIM samples of ``prompt``
+    (loss.coverage_steps steps each).
 
     Each sample has its own camera drawn from cfg.camera (the training cameras' distribution) and, with
     prior.view_dependent, that camera's view suffix; guidance scale loss.coverage_guidance (1: the conditional
@@ -53,7 +53,8 @@ def prior_area(prior: Prior, prompt: str, cfg: Config, generator: torch.Generato
     for i in range(0, n, CHUNK):
         text = prior.embed(texts[i:i + CHUNK], cfg.prior.negative_prompt)
         shape = (len(text), prior.latent_channels, prior.latent_size, prior.latent_size)
-        z = sample(lambda x, t: prior.eps(x, t, text, w), shape, prior.schedule, steps=SAMPLE_STEPS, generator=generator)
+        z = sample(lambda x, t: prior.eps(x, t, text, w), shape, prior.schedule, steps=cfg.loss.coverage_steps,
+                   generator=generator)
         img = prior.decode(z).float().cpu()  # (b, 3, S, S) in [0, 1]
         covered.append(((img - background).abs().mean(dim=1) >= FOREGROUND).float().mean(dim=(1, 2)))
     return float((torch.cat(covered) * frame_area(cams)).mean())
