@@ -525,6 +525,9 @@ def validate(cfg: Config) -> None:
     at_least(0, *(key for key, _ in _walk(cfg.loss, "loss.")))
     at_least(0, "loss.coverage_scale", strict=True)
     at_least(1, "loss.coverage_samples", "loss.coverage_steps")
+    need(cfg.loss.coverage == 0 or r.background == "constant", "loss.coverage",
+         "0 unless render.background=constant (the prior's samples are measured against render.background_color)",
+         cfg.loss.coverage)
     need(cfg.loss.tv == 0 or f.kind == "grid", "loss.tv", "0 unless field.kind=grid (the term needs a voxel grid)",
          cfg.loss.tv)
     # optimisation and the run

@@ -117,6 +117,12 @@ def test_config_refuses_bad_anchor_settings(key, value):
         load_config([], [f"{key}={value}"])
 
 
+def test_config_refuses_the_anchor_on_a_learned_background():
+    with pytest.raises(ConfigError, match=r"loss\.coverage.*render\.background=constant"):
+        load_config([], ["loss.coverage=10", "render.background=mlp"])
+    assert load_config([], ["loss.coverage=0", "render.background=mlp"]).render.background == "mlp"
+
+
 FAST = ["--steps", "4", "--no-export", "--quiet", "--set", "render.resolution=16", "--set", "render.n_samples=12",
         "--set", "field.grid_resolution=16", "--set", "run.preview_every=0", "--set", "run.log_every=1",
         "--set", "run.checkpoint_every=1", "--set", "loss.coverage=30", "--set", "loss.coverage_samples=2"]
