@@ -27,11 +27,11 @@ from dreamfield.distill.score import dds_grad, grad_to_loss, sds_grad, sds_image
 from dreamfield.distill.timesteps import sample_timesteps
 from dreamfield.prior.interface import Prior
 from dreamfield.prior.text import TextEmbedding, view_prompt
-
-VIEW_LABELS = ("front", "side", "back", "overhead")  # what view_label returns
 from dreamfield.scene.cameras import Cameras
 from dreamfield.scene.render import RenderOut
 from dreamfield.scene.scene import Scene
+
+VIEW_LABELS = ("front", "side", "back", "overhead")  # what view_label returns
 
 
 @dataclass(frozen=True)
