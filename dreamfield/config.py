@@ -230,6 +230,9 @@ class SurfaceConfig:
     p_textureless: float = 0.2
 
 
+EXPORT_FORMATS = ("glb", "obj", "ply")  # what export.formats may name (dreamfield.export.mesh writes each)
+
+
 @dataclass
 class ExportConfig:
     resolution: int = 0  # marching-cubes grid per side; 0 = 256 on CUDA, 128 on CPU
@@ -458,7 +461,7 @@ def _check_choices(cfg: Config) -> None:
     if not (cfg.run.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.run.device)):
         raise ConfigError(f"run.device: {cfg.run.device!r} is not one of auto, cpu, cuda, cuda:N")
     for fmt in cfg.export.formats:
-        choice("export.formats", fmt, ("glb", "obj", "ply"))
+        choice("export.formats", fmt, EXPORT_FORMATS)
     choice("export.colour", cfg.export.colour, ("texture", "vertex"))
     choice("export.level", cfg.export.level, ("silhouette", "threshold"))
     _need(bool(cfg.export.formats), "export.formats", "a non-empty list", cfg.export.formats)

@@ -53,7 +53,7 @@ import torch
 import trimesh
 from skimage import measure
 
-from dreamfield.config import CameraConfig, ExportConfig, RenderConfig
+from dreamfield.config import EXPORT_FORMATS, CameraConfig, ExportConfig, RenderConfig
 from dreamfield.export.albedo import surface_albedo
 from dreamfield.export.gltf import WORLD_TO_GLTF, glb_bytes, obj_files, png_bytes
 from dreamfield.export.raster import FieldViews, field_views, mesh_vs_field, render_mesh
@@ -64,7 +64,6 @@ LEVEL_ITERATIONS = 12  # bisection steps of the silhouette level fit: (max - min
 # the threshold's level is kept unless the fitted one's silhouette IoU is higher by more than this: on a sharp
 # field a pixel's ring of silhouette spans a wide range of levels, and among those the fit would pick one at random
 LEVEL_TOLERANCE = 0.01
-FORMATS = ("glb", "obj", "ply")
 assert round(float(np.linalg.det(WORLD_TO_GLTF))) == 1
 
 
@@ -336,8 +335,8 @@ def save_mesh(mesh: trimesh.Trimesh, out_stem: str | Path, formats: Sequence[str
     Returns the paths written, in the order of `formats` (an OBJ's MTL and PNG after it).
     """
     for fmt in formats:
-        if fmt not in FORMATS:
-            raise ValueError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
