@@ -374,6 +374,38 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     return cfg
 
 
+# Settings whose default changed after runs were saved without them: a run's config.yaml holds its whole config,
+# so a key it lacks did not exist when the run was made, and the run ran as the value here, not as today's
+# default. load_saved_config fills them in (an old edit was DDS throughout; an old run had one stage).
+BEFORE_THE_KEY = {
+    "edit.source_weight": "1.0",
+    "surface.enabled": "false",
+}
+
+
+def load_saved_config(saved: str | Path, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
+    """A saved run's config.yaml <- ``files`` <- ``overrides``, with BEFORE_THE_KEY's value for each key the
+    saved file lacks (under the files and overrides, which still set it). Errors as :func:`load_config`."""
+    try:
+        loaded = OmegaConf.load(saved) if Path(saved).is_file() else None
+    except Exception:  # bad YAML: load_config below says so in one line
+        loaded = None
+    if not isinstance(loaded, DictConfig):
+        return load_config([saved, *files], overrides)
+    present = set(_mapping_keys(OmegaConf.to_container(loaded)))
+    legacy = [f"{k}={v}" for k, v in BEFORE_THE_KEY.items() if k not in present]
+    return load_config([saved, *files], [*legacy, *overrides])
+
+
+def _mapping_keys(node: dict, prefix: str = ""):
+    """The dotted keys of every leaf of a nested mapping (a loaded YAML file)."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _mapping_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
 # Keys that earlier versions wrote into every run's config.yaml and that never changed a run: a saved run
 # (to export, resume or edit) still loads. Given anywhere else, they are unknown keys like any other.
 RETIRED_KEYS = {

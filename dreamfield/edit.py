@@ -47,7 +47,7 @@ from typing import Optional, Sequence
 import torch
 
 from dreamfield.checkpoint import load_checkpoint, save_checkpoint
-from dreamfield.config import Config, load_config
+from dreamfield.config import Config, load_config, load_saved_config
 from dreamfield.device import resolve_device
 from dreamfield.distill.objectives import DDS
 from dreamfield.errors import UsageError, check_prompt
@@ -154,10 +154,9 @@ def _resume(run: RunFolder, files_: Sequence[str], overrides: Sequence[str]) -> 
     meta = run.meta()
     if meta.get("command") != "edit":
         raise UsageError(f"--resume {run.dir}: a {meta.get('command')!r} run; resume it with that command")
-    # an edit saved before edit.source_weight existed was DDS throughout: resume it as that, not as the new default
-    legacy = [] if "source_weight:" in (run.dir / "config.yaml").read_text() else ["edit.source_weight=1"]
-    cfg = load_config([str(run.dir / "config.yaml"), *files_], [*legacy, *overrides])
-    check_same_layout(load_config([str(run.dir / "config.yaml")]), cfg, "--resume")
+    # an edit saved before edit.source_weight existed was DDS throughout: resumed as that (config.BEFORE_THE_KEY)
+    cfg = load_saved_config(run.dir / "config.yaml", files_, overrides)
+    check_same_layout(load_saved_config(run.dir / "config.yaml"), cfg, "--resume")
     device = resolve_device(cfg.run.device)
     source = make_scene(cfg, device)
     load_scene_state(source, load_checkpoint(run.dir / SOURCE_SCENE)["scene"], run.dir / SOURCE_SCENE)

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from dreamfield.checkpoint import load_checkpoint
-from dreamfield.config import Config, load_config
+from dreamfield.config import Config, load_saved_config
 from dreamfield.device import resolve_device, set_threads
 from dreamfield.distill.coverage import CoverageAnchor, prior_area
 from dreamfield.distill.objectives import make_objective, step_texts
@@ -39,8 +39,8 @@ def resume_config(resume: str, files: Sequence[str], overrides: Sequence[str]) -
     meta = run.meta()
     if meta.get("command", "generate") != "generate" or not isinstance(meta.get("prompt"), str):
         raise UsageError(f"--resume {run.dir}: not a generate run (prompt.json: command {meta.get('command')!r})")
-    cfg = load_config([str(run.dir / "config.yaml"), *files], overrides)
-    check_same_layout(load_config([str(run.dir / "config.yaml")]), cfg, "--resume")
+    cfg = load_saved_config(run.dir / "config.yaml", files, overrides)
+    check_same_layout(load_saved_config(run.dir / "config.yaml"), cfg, "--resume")
     if run.last.exists():
         load_checkpoint(run.last)  # a corrupt checkpoint is refused before anything is written
     return run, cfg, check_prompt(meta["prompt"])

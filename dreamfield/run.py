@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from dreamfield.checkpoint import load_checkpoint, save_checkpoint
-from dreamfield.config import Config, load_config, to_yaml
+from dreamfield.config import Config, load_saved_config, to_yaml
 from dreamfield.device import resolve_device
 from dreamfield.errors import UsageError
 from dreamfield.export.video import image_grid
@@ -80,7 +80,7 @@ class RunFolder:
     def record_overrides(self, cfg: Config) -> None:
         """On resume: settings given now apply from here on; config.yaml is rewritten to say so, and one
         line names what changed."""
-        saved = _settings(load_config([self.dir / "config.yaml"]))
+        saved = _settings(load_saved_config(self.dir / "config.yaml"))
         changed = {k: v for k, v in _settings(cfg).items() if saved.get(k) != v}
         if changed:
             write_text(self.dir / "config.yaml", to_yaml(cfg))
@@ -197,7 +197,7 @@ def load_run_scene(path: str | Path, device_name: Optional[str] = None, override
     ``overrides`` (``key=value``) are applied to its config and validated like any other. For a two-stage run
     ``final`` picks the surface stage's scene (what it exports), else the density stage's (what edit starts from)."""
     run, ckpt = find_run(path)
-    cfg = load_config([run.dir / "config.yaml"], [*([f"run.device={device_name}"] if device_name else []), *overrides])
+    cfg = load_saved_config(run.dir / "config.yaml", (), [*([f"run.device={device_name}"] if device_name else []), *overrides])
     device = resolve_device(cfg.run.device)
     surface = run.dir / SURFACE_DIR / "checkpoints" / "last.pt"
     if final and ckpt == run.last and cfg.surface.enabled and surface.is_file():  # a two-stage run: its final scene

@@ -95,3 +95,21 @@ def test_a_saved_run_with_rays_per_chunk_keeps_its_chunks(tmp_path):
     assert cfg.render.chunk_samples == 65536 * 64 and cfg.render.chunk_samples // cfg.render.n_samples == 65536
     with pytest.raises(ConfigError, match="render.chunk"):
         load_config([], ["render.chunk=100"])  # given now, the old key is unknown like any other
+
+
+def test_a_saved_run_without_a_later_key_keeps_the_old_behaviour(tmp_path):
+    from dreamfield.config import BEFORE_THE_KEY, load_saved_config
+
+    full = tmp_path / "full.yaml"
+    save_config(load_config([], ["edit.source_weight=0.25"]), full)  # today's runs save every key
+    assert load_saved_config(full).edit.source_weight == 0.25 and load_saved_config(full).surface.enabled is True
+    old = tmp_path / "old.yaml"  # a run saved before edit.source_weight and the surface section existed
+    old.write_text("optim:\n  steps: 7\nedit:\n  anchor_points: 100\n")
+    cfg = load_saved_config(old)
+    assert (cfg.optim.steps, cfg.edit.anchor_points) == (7, 100)
+    assert cfg.edit.source_weight == float(BEFORE_THE_KEY["edit.source_weight"]) == 1.0  # DDS, as it ran
+    assert cfg.surface.enabled is False  # one stage, as it ran
+    assert load_config([old]).surface.enabled is True  # a config file that is not a saved run takes the defaults
+    assert load_saved_config(old, (), ["edit.source_weight=0"]).edit.source_weight == 0.0  # --set still wins
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_saved_config(tmp_path / "missing.yaml")
