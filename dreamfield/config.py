@@ -202,6 +202,11 @@ class SurfaceConfig:
     # field is bumpy at its voxel scale. Blurring an SDF moves a surface of mean curvature H by about sigma^2 H
     # (the heat equation's first term). Off: SDS regrows the bumps within the stage, and it cost IoU
     init_smooth: float = 0.0
+    # the starting albedo of the voxels within 3 voxels of the starting surface: the coarse field's colour
+    # composited along the surface's inward normal from +depth to -depth (world units; export.colour_depth's
+    # measure, dreamfield.export.albedo), instead of the coarse albedo at the voxel (0): the coarse field's soft
+    # halo, whose albedo tends to the white background, sits at the hand-over surface and pales its colour
+    init_colour_depth: float = 0.0
     # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1)). Adam moves every voxel by about
     # the rate each step whatever the gradient's size, so SDS's noise roughens and inflates the surface at
     # faster rates; at this one the stage keeps the coarse shape and mostly sharpens it and fixes its colour
@@ -605,7 +610,8 @@ def _validate_surface(cfg: Config) -> None:
     need(sf.resolution >= 4, "surface.resolution", ">= 4", sf.resolution)
     for key in ("surface.init_level", "surface.beta_min"):
         need(_get(cfg, key) > 0, key, "> 0", _get(cfg, key))
-    for key in ("surface.init_blur", "surface.init_smooth", "surface.eikonal", "surface.albedo_smooth",
+    for key in ("surface.init_blur", "surface.init_smooth", "surface.init_colour_depth", "surface.eikonal",
+                "surface.albedo_smooth",
                 "surface.p_albedo", "surface.p_lambertian", "surface.p_textureless"):
         need(_get(cfg, key) >= 0, key, ">= 0", _get(cfg, key))
     for key in ("surface.lr_sdf", "surface.lr_color", "surface.lr_beta"):

@@ -31,9 +31,10 @@ from dreamfield.config import Config
 from dreamfield.distill.objectives import Term, View
 from dreamfield.scene.background import make_background
 from dreamfield.scene.scene import Scene
-from dreamfield.scene.sdf import SdfGridField, sdf_from_occupancy, smooth_sdf
+from dreamfield.scene.sdf import SdfGridField, lattice_gradient, sdf_from_occupancy, smooth_sdf
 
 SURFACE_DIR = "surface"  # the stage's folder inside the run folder (a run folder of its own)
+INIT_COLOUR_BAND = 3.0  # voxels: how far from the starting surface surface.init_colour_depth recolours
 
 
 def _stderr(msg: str) -> None:
@@ -104,11 +105,34 @@ def hand_over(cfg: Config, coarse: Scene, device: torch.device | str, say: Calla
     else:  # a uniform coarse field has no surface: the fresh field's sphere
         say("warning: the coarse field has no surface to hand over; the surface stage starts from a sphere")
         sdf = scene.field.sdf_grid.detach()[0, 0].cpu()
+    if s.init_colour_depth > 0:
+        albedo = along_the_normal(coarse.field, sdf, albedo, bound, s.init_colour_depth, device)
     logits = torch.logit(albedo.clamp(1e-3, 1 - 1e-3))
     scene.field.set_grids(sdf.to(device), logits.to(device))
     scene.field.beta_cap = beta_cap_at(cfg, 0)
     scene.background.load_state_dict(coarse.background.state_dict())
     return scene
+
+
+def along_the_normal(field, sdf: torch.Tensor, albedo: torch.Tensor, bound: float, depth: float,
+                     device: torch.device | str) -> torch.Tensor:
+    """albedo (3, R, R, R) with the voxels within INIT_COLOUR_BAND voxels of {sdf = 0} (sdf (R, R, R), layout
+    (z, y, x), corners at +-bound) replaced by ``field``'s colour composited along the inward normal grad sdf over
+    +-depth (:func:`dreamfield.export.albedo.surface_albedo`, the export's colour)."""
+    from dreamfield.export.albedo import surface_albedo
+
+    r = sdf.shape[-1]
+    h = 2.0 * bound / (r - 1)
+    near = sdf.abs() < INIT_COLOUR_BAND * h  # (R, R, R)
+    if not bool(near.any()):
+        return albedo
+    axis = torch.linspace(-bound, bound, r)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    points = torch.stack([x[near], y[near], z[near]], dim=-1)  # (M, 3)
+    normals = lattice_gradient(sdf[None, None].float(), bound)[0][:, near].t()  # (M, 3) as (d/dx, d/dy, d/dz)
+    out = albedo.clone()
+    out[:, near] = surface_albedo(field, points, normals, depth, device=device).t()
+    return out
 
 
 def beta_cap_at(cfg: Config, done: int) -> float:

@@ -251,6 +251,40 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
     assert (d_smooth - d_plain).mean().item() == pytest.approx(0.06**2 / 0.4, abs=0.004)
 
 
+def test_hand_over_with_init_colour_depth_takes_the_colour_along_the_normal():
+    from dreamfield.export.albedo import surface_albedo
+    from dreamfield.scene.scene import make_scene
+    from dreamfield.surface import INIT_COLOUR_BAND, hand_over
+
+    cfg = load_config([], ["field.grid_resolution=32", "surface.resolution=40", "surface.init_blur=0",
+                           "surface.init_level=2.0"])
+    coarse = make_scene(cfg, "cpu")
+    axis = torch.linspace(-1, 1, 32)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    r = (x * x + y * y + z * z).sqrt()
+    with torch.no_grad():  # the sphere of radius 0.4 as above, red inside r = 0.42, a white halo outside
+        target = torch.log(torch.tensor(2.0)) - (-4.0 + 5.0 * torch.exp(-r * r / 0.5)) + 20.0 * (0.4 - r)
+        coarse.field.density_grid.copy_(target[None, None])
+        red = torch.tensor([2.0, -2.0, -2.0]).view(3, 1, 1, 1)
+        coarse.field.color_grid.copy_(torch.where(r < 0.42, red, torch.tensor(4.0))[None])
+    plain = hand_over(cfg, coarse, "cpu")
+    deep = hand_over(dataclasses.replace(cfg, surface=dataclasses.replace(cfg.surface, init_colour_depth=0.1)),
+                     coarse, "cpu")
+    assert torch.equal(plain.field.sdf_grid, deep.field.sdf_grid)  # the geometry is the same
+    u = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
+    on = 0.4 * u
+    _, a_plain = plain.field(on)
+    _, a_deep = deep.field(on)
+    expected = surface_albedo(coarse.field, on, u, 0.1)  # the coarse colour along the inward normal at the surface
+    assert a_plain[:, 1].mean().item() > 0.5  # the voxels next to r = 0.4 carry the halo's white (green 0.98)
+    diff = (a_deep - expected).abs()  # the lerp of voxels up to a lattice step from the point, each along its normal
+    assert diff.mean().item() < 0.03 and diff.max().item() < 0.15
+    assert a_deep[:, 1].mean().item() < 0.5 * a_plain[:, 1].mean().item()  # nearer red (green 0.12) than the halo
+    h = 2.0 / 39
+    far = torch.tensor([[0.0, 0.0, 0.4 + (INIT_COLOUR_BAND + 2) * h]])  # beyond the band the voxels are untouched
+    assert torch.allclose(deep.field(far)[1], plain.field(far)[1])
+
+
 def test_beta_ceiling_falls_geometrically_and_stops_the_learned_beta():
     from dreamfield.surface import beta_cap_at
 
