@@ -149,25 +149,19 @@ class SdfGridField(nn.Module):
 
 def albedo_smoothness(logits: Tensor, sdf: Tensor, h: float) -> Tensor:
     """Albedo smoothness along a surface: for albedo logits (3, R, R, R) and signed distances sdf (R, R, R) on
-    a lattice of spacing h (layout (z, y, x)), sum over the three lattice axes k of the mean of |a_i - a_j|^2
-    over neighbouring voxels i, j along k, weighted by
+    a lattice of spacing h, sum over the three lattice axes of the mean of |a_i - a_j|^2 over neighbouring voxels
+    i, j, weighted by w_i w_j, with a = sigmoid(logits) and w = exp(-(d / (ALBEDO_BAND h))^2) -> scalar.
 
-        w_i w_j (1 - (n_i,k^2 + n_j,k^2) / 2),   w = exp(-(d / (ALBEDO_BAND h))^2),   n = grad d / |grad d|
-
-    -> scalar, with a = sigmoid(logits). w keeps it to a shell around {d = 0}; the second factor to steps
-    along the surface (a step along the normal would mix in the albedo of the air outside and of the interior,
-    which no render constrains). Smoothness priors on albedo are common in inverse rendering (NeRFactor, Zhang
-    et al. 2021); in the surface stage it carries the colour the training cameras see to the surface they
-    hardly see (a flat base, seen only from elevations below 0). Pass sdf detached to move the albedo only."""
+    Smoothness priors on albedo are common in inverse rendering (NeRFactor, Zhang et al. 2021). In the surface
+    stage it carries the colour the training cameras see to the surface they hardly see (a flat base, seen only
+    from elevations below 0) and leaves the voxels away from the surface alone. Pass sdf detached to move the
+    albedo only."""
     a = torch.sigmoid(logits)
     w = torch.exp(-(sdf / (ALBEDO_BAND * h)) ** 2)
-    g = lattice_gradient(sdf[None, None], h * (sdf.shape[-1] - 1) / 2.0)[0]  # (3, R, R, R) as (x, y, z)
-    n2 = g.pow(2) / g.pow(2).sum(dim=0, keepdim=True).clamp(min=1e-24)  # squared normal components
     total = a.new_zeros(())
-    for k in range(3):  # tensor dim k + 1 of a is lattice axis (z, y, x)[k], normal component 2 - k
+    for k in range(3):
         n = w.shape[k]
-        along = 1.0 - n2[2 - k]
-        wk = w.narrow(k, 0, n - 1) * w.narrow(k, 1, n - 1) * (along.narrow(k, 0, n - 1) + along.narrow(k, 1, n - 1)) / 2
+        wk = w.narrow(k, 0, n - 1) * w.narrow(k, 1, n - 1)
         step = (a.narrow(k + 1, 0, n - 1) - a.narrow(k + 1, 1, n - 1)).pow(2).sum(dim=0)
         total = total + (wk * step).sum() / wk.sum().clamp(min=1e-12)
     return total
