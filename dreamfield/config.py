@@ -224,10 +224,6 @@ class SurfaceConfig:
     beta_end: Optional[float] = 0.001
     beta_anneal: float = 0.0
     eikonal: float = 0.1  # weight of the eikonal term mean (|grad d| - 1)^2 over the lattice
-    # weight of the albedo's smoothness along the surface (SdfGridField.albedo_smoothness): the training cameras
-    # (elevation >= -10) hardly see a flat base, whose albedo stays near the coarse field's pale start; the term
-    # carries the colour of the sides there (0 = off)
-    albedo_smooth: float = 0.0
     # the stage's timesteps: t_max anneals from t_max to t_max_end over its steps (low t refines, high t reshapes)
     t_max: float = 0.5
     t_max_end: float = 0.2
@@ -611,7 +607,6 @@ def _validate_surface(cfg: Config) -> None:
     for key in ("surface.init_level", "surface.beta_min"):
         need(_get(cfg, key) > 0, key, "> 0", _get(cfg, key))
     for key in ("surface.init_blur", "surface.init_smooth", "surface.init_colour_depth", "surface.eikonal",
-                "surface.albedo_smooth",
                 "surface.p_albedo", "surface.p_lambertian", "surface.p_textureless"):
         need(_get(cfg, key) >= 0, key, ">= 0", _get(cfg, key))
     for key in ("surface.lr_sdf", "surface.lr_color", "surface.lr_beta"):

@@ -153,24 +153,21 @@ def beta_cap_at(cfg: Config, done: int) -> float:
 
 
 class EikonalObjective:
-    """The stage's objective: the distillation term plus surface.eikonal * field.eikonal() and
-    surface.albedo_smooth * field.albedo_smoothness() as extra terms (each left out at weight 0).
+    """The stage's objective: the distillation term plus surface.eikonal * field.eikonal() as an extra term.
     It also moves the field's beta ceiling on (:func:`beta_cap_at`) for the next step's render: the loop
     renders before it calls the objective, and checkpoints after, so a checkpoint after ``done`` steps and
     the ceiling the next render uses agree (hand_over sets the first, load_surface_scene a resumed one)."""
 
-    def __init__(self, inner, field: SdfGridField, cfg: Config) -> None:
-        self.inner, self.field, self.cfg = inner, field, cfg
+    def __init__(self, inner, field: SdfGridField, weight: float, cfg: Config) -> None:
+        self.inner, self.field, self.weight, self.cfg = inner, field, weight, cfg
 
     def __call__(self, step: int, out, view: View, generator: torch.Generator) -> Term:
         term = self.inner(step, out, view, generator)
         self.field.beta_cap = beta_cap_at(self.cfg, step + 1)  # the render that used the old one is done
-        s, extra = self.cfg.surface, []
-        if s.eikonal > 0:
-            extra.append(("eikonal", s.eikonal * self.field.eikonal()))
-        if s.albedo_smooth > 0:
-            extra.append(("albedo_smooth", s.albedo_smooth * self.field.albedo_smoothness()))
-        return dataclasses.replace(term, extra=(*term.extra, *extra)) if extra else term
+        if self.weight <= 0:
+            return term
+        eik = ("eikonal", self.weight * self.field.eikonal())
+        return dataclasses.replace(term, extra=(*term.extra, eik))
 
 
 def load_surface_scene(cfg: Config, checkpoint: str | Path, device: torch.device | str) -> Scene:

@@ -15,7 +15,7 @@ from scipy import stats
 
 from dreamfield.config import Config, ConfigError, SurfaceConfig, load_config
 from dreamfield.scene.cameras import get_rays, orbit_cameras
-from dreamfield.scene.sdf import SdfGridField, albedo_smoothness, laplace_cdf, lattice_gradient, sdf_from_occupancy, smooth_sdf
+from dreamfield.scene.sdf import SdfGridField, laplace_cdf, lattice_gradient, sdf_from_occupancy, smooth_sdf
 
 R = 0.5  # the fresh field's sphere
 
@@ -68,72 +68,6 @@ def test_sphere_sdf_is_a_fixed_point_unit_gradient_radial_normals():
     on_surface = R * u
     assert field.sdf(on_surface).abs().max().item() < 2e-3  # trilinear reading of |x| - R
     assert torch.allclose(field.normals(on_surface), u, atol=5e-3)
-
-
-def plane_field_with_albedo(albedo: torch.Tensor, res: int = 16) -> SdfGridField:
-    """The surface z = 0.1 (d = z - 0.1, exact on the lattice) with albedo (3, R, R, R) in (0, 1), layout (z, y, x)."""
-    field = sphere_field(resolution=res)
-    axis = torch.linspace(-1, 1, res)
-    z = axis.view(-1, 1, 1).expand(res, res, res)
-    field.set_grids((z - 0.1).contiguous(), torch.logit(albedo))
-    return field
-
-
-def test_albedo_smoothness_is_the_weighted_mean_square_step_along_each_axis():
-    res = 16
-    grey = torch.full((3, res, res, res), 0.5)
-    assert plane_field_with_albedo(grey).albedo_smoothness().item() < 1e-12  # uniform albedo: nothing to smooth
-    # red channel alternating 0.2 / 0.7 along x: every x-neighbour pair differs by 0.5, y and z pairs by 0, and
-    # the x pairs' weights w_i w_j, averaged, leave the mean square step itself: 0.25
-    checker = grey.clone()
-    checker[0] = torch.where(torch.arange(res) % 2 == 0, 0.2, 0.7).view(1, 1, res).expand(res, res, res)
-    assert plane_field_with_albedo(checker).albedo_smoothness().item() == pytest.approx(0.25, rel=1e-5)
-    # the same step along z, the surface's normal: there each pair's weight is w_i w_j of two heights
-    ramp = grey.clone()
-    ramp[0] = torch.where(torch.arange(res) % 2 == 0, 0.2, 0.7).view(res, 1, 1).expand(res, res, res)
-    assert plane_field_with_albedo(ramp).albedo_smoothness().item() == pytest.approx(0.25, rel=1e-5)
-
-
-def test_albedo_smoothness_moves_albedo_only_near_the_surface():
-    res = 16
-    albedo = torch.rand(3, res, res, res, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
-    field = plane_field_with_albedo(albedo)
-    field.albedo_smoothness().backward()
-    assert field.sdf_grid.grad is None or field.sdf_grid.grad.abs().max().item() == 0.0  # the weights are held fixed
-    g = field.color_grid.grad[0].abs().amax(dim=(0, 2, 3))  # (R,) the largest gradient at each height z
-    h = 2.0 / (res - 1)
-    heights = torch.linspace(-1, 1, res)
-    near, far = (heights - 0.1).abs() < 2 * h, (heights - 0.1).abs() > 8 * h
-    assert g[far].max().item() < 1e-6 * g[near].max().item()  # exp(-(8 h / 2 h)^2) = e^-16 and below
-    # float64: the term is a smooth function of the albedo logits
-    logits = torch.logit(albedo[:, :6, :6, :6].double()).requires_grad_(True)
-    sdf = (torch.linspace(-1, 1, 6, dtype=torch.float64).view(-1, 1, 1) - 0.1).expand(6, 6, 6)
-    assert torch.autograd.gradcheck(lambda x: albedo_smoothness(x, sdf, 0.4), (logits,))
-
-
-def test_albedo_smoothness_carries_the_seen_colour_to_an_unseen_patch():
-    # a red surface with a grey patch no camera sees: a squared pull to red outside the patch stands in for SDS
-    # on the seen surface; with the smoothness term Adam turns the patch red, without it the patch stays grey
-    res = 16
-    red = torch.tensor([0.85, 0.15, 0.15])
-    albedo = red.view(3, 1, 1, 1).repeat(1, res, res, res)
-    seen = torch.ones(res, res, res, dtype=torch.bool)
-    seen[:, 5:11, 5:11] = False  # (z, y, x): a 6 x 6 voxel patch at every height
-    albedo[:, ~seen] = 0.5
-
-    def patch_colour(weight: float) -> torch.Tensor:
-        field = plane_field_with_albedo(albedo)
-        opt = torch.optim.Adam([field.color_grid], lr=0.05)
-        for _ in range(200):
-            opt.zero_grad()
-            data = ((torch.sigmoid(field.color_grid[0]) - red.view(3, 1, 1, 1)) ** 2)[:, seen].mean()
-            (data + weight * field.albedo_smoothness()).backward()
-            opt.step()
-        on_surface = torch.tensor([[x, y, 0.1] for x in (-0.05, 0.0, 0.05) for y in (-0.05, 0.0, 0.05)])
-        return field(on_surface)[1]  # (9, 3): the patch's middle
-
-    assert (patch_colour(0.0) - 0.5).abs().max().item() < 1e-6
-    assert (patch_colour(1.0) - red).norm(dim=-1).max().item() < 0.05  # from 0.51 at the start
 
 
 def test_rendering_a_sphere_sdf_gives_its_exact_silhouette():
@@ -314,8 +248,7 @@ def test_stage_config_and_validation():
     assert stage_steps(load_config([], ["surface.steps=7"])) == 7
     for bad, key in (("surface.beta_init=0.001", "surface.beta_init"), ("surface.t_max=0.1", "surface.t_max"),
                      ("surface.lr_sdf=0", "surface.lr_sdf"), ("surface.steps=0", "surface.steps"),
-                     ("surface.resolution=2", "surface.resolution"),
-                     ("surface.albedo_smooth=-1", "surface.albedo_smooth")):
+                     ("surface.resolution=2", "surface.resolution")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config([], [bad])
     assert load_config(["configs/one_stage.yaml"]).surface.enabled is False
@@ -359,7 +292,7 @@ def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
 
     # the default: two stages; beta's ceiling falls to 0.004 over the 4 stage steps, below the learned beta
     common = ["--model", str(tiny_sd_path), "--steps", "4", "--no-export", "--set", "surface.beta_end=0.004",
-              "--set", "surface.beta_anneal=1", "--set", "surface.albedo_smooth=1"] + FAST
+              "--set", "surface.beta_anneal=1"] + FAST
     full = tmp_path / "full"
     assert main(["generate", "a blue sphere", "--out", str(full)] + common) == 0
     assert (full / "surface" / "checkpoints" / "last.pt").is_file()
@@ -387,7 +320,7 @@ def test_resume_inside_either_stage_is_exact(tiny_sd_path, tmp_path, stage):
     steps = [json.loads(l)["step"] for l in (stopped / "surface" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
     rec = json.loads((stopped / "surface" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert rec["eikonal"] >= 0 and rec["albedo_smooth"] > 0  # the hand-over's albedo is not uniform
+    assert rec["eikonal"] >= 0
     from dreamfield.run import load_run_scene
 
     for run in (full, stopped):  # what export renders: the field after the last step, at the ceiling's end

@@ -31,7 +31,6 @@ from dreamfield.config import SurfaceConfig
 from dreamfield.scene.encoding import sample_grid
 
 Tensor = torch.Tensor
-ALBEDO_BAND = 2.0  # voxels: the width of the shell around {d = 0} where albedo_smoothness acts
 
 
 def laplace_cdf(s: Tensor, beta: Tensor) -> Tensor:
@@ -131,11 +130,6 @@ class SdfGridField(nn.Module):
         g = lattice_gradient(self.sdf_grid, self.bound)[0]  # (3, R, R, R)
         return ((g.pow(2).sum(dim=0) + 1e-12).sqrt() - 1.0).pow(2).mean()
 
-    def albedo_smoothness(self) -> Tensor:
-        """:func:`albedo_smoothness` of this field's grids -> scalar (moves the albedo only)."""
-        h = 2.0 * self.bound / (self.cfg.resolution - 1)
-        return albedo_smoothness(self.color_grid[0], self.sdf_grid[0, 0].detach(), h)
-
     def param_groups(self, optim_cfg=None) -> list[dict]:
         """Adam groups: the SDF, the albedo and the sharpness, with the surface section's rates
         (``optim_cfg`` is accepted for the loop's call and not used)."""
@@ -145,26 +139,6 @@ class SdfGridField(nn.Module):
             {"params": [self.color_grid], "lr": c.lr_color, "name": "color"},
             {"params": [self.log_beta], "lr": c.lr_beta, "name": "sharpness"},
         ]
-
-
-def albedo_smoothness(logits: Tensor, sdf: Tensor, h: float) -> Tensor:
-    """Albedo smoothness along a surface: for albedo logits (3, R, R, R) and signed distances sdf (R, R, R) on
-    a lattice of spacing h, sum over the three lattice axes of the mean of |a_i - a_j|^2 over neighbouring voxels
-    i, j, weighted by w_i w_j, with a = sigmoid(logits) and w = exp(-(d / (ALBEDO_BAND h))^2) -> scalar.
-
-    Smoothness priors on albedo are common in inverse rendering (NeRFactor, Zhang et al. 2021). In the surface
-    stage it carries the colour the training cameras see to the surface they hardly see (a flat base, seen only
-    from elevations below 0) and leaves the voxels away from the surface alone. Pass sdf detached to move the
-    albedo only."""
-    a = torch.sigmoid(logits)
-    w = torch.exp(-(sdf / (ALBEDO_BAND * h)) ** 2)
-    total = a.new_zeros(())
-    for k in range(3):
-        n = w.shape[k]
-        wk = w.narrow(k, 0, n - 1) * w.narrow(k, 1, n - 1)
-        step = (a.narrow(k + 1, 0, n - 1) - a.narrow(k + 1, 1, n - 1)).pow(2).sum(dim=0)
-        total = total + (wk * step).sum() / wk.sum().clamp(min=1e-12)
-    return total
 
 
 def sdf_from_occupancy(inside: np.ndarray, bound: float) -> np.ndarray:
