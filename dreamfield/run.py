@@ -197,7 +197,8 @@ def load_run_scene(path: str | Path, device_name: Optional[str] = None, override
     ``overrides`` (``key=value``) are applied to its config and validated like any other. For a two-stage run
     ``final`` picks the surface stage's scene (what it exports), else the density stage's (what edit starts from)."""
     run, ckpt = find_run(path)
-    cfg = load_saved_config(run.dir / "config.yaml", (), [*([f"run.device={device_name}"] if device_name else []), *overrides])
+    device_override = [f"run.device={device_name}"] if device_name else []
+    cfg = load_saved_config(run.dir / "config.yaml", (), [*device_override, *overrides])
     device = resolve_device(cfg.run.device)
     surface = run.dir / SURFACE_DIR / "checkpoints" / "last.pt"
     if final and ckpt == run.last and cfg.surface.enabled and surface.is_file():  # a two-stage run: its final scene

@@ -69,12 +69,17 @@ def make_surface_scene(cfg: Config, device: torch.device | str) -> Scene:
     return Scene(field.to(device), make_background(cfg.render).to(device), cfg.field.bound, cfg.field.bounding_radius)
 
 
+def lattice_points(resolution: int, bound: float) -> torch.Tensor:
+    """The SDF lattice's voxel positions (R, R, R, 3) as (x, y, z), laid out (z, y, x), corners at +-bound."""
+    axis = torch.linspace(-bound, bound, resolution)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
 @torch.no_grad()
 def lattice_values(field, resolution: int, bound: float, device, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
     """The coarse field's density (R, R, R) and albedo (3, R, R, R) at the SDF lattice, layout (z, y, x)."""
-    axis = torch.linspace(-bound, bound, resolution)
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    pts = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    pts = lattice_points(resolution, bound).reshape(-1, 3)
     sigma, albedo = [], []
     for c in pts.split(chunk):
         s, a = field(c.to(device))
@@ -126,9 +131,7 @@ def along_the_normal(field, sdf: torch.Tensor, albedo: torch.Tensor, bound: floa
     near = sdf.abs() < INIT_COLOUR_BAND * h  # (R, R, R)
     if not bool(near.any()):
         return albedo
-    axis = torch.linspace(-bound, bound, r)
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    points = torch.stack([x[near], y[near], z[near]], dim=-1)  # (M, 3)
+    points = lattice_points(r, bound)[near]  # (M, 3)
     normals = lattice_gradient(sdf[None, None].float(), bound)[0][:, near].t()  # (M, 3) as (d/dx, d/dy, d/dz)
     out = albedo.clone()
     out[:, near] = surface_albedo(field, points, normals, depth, device=device).t()

@@ -146,9 +146,10 @@ def test_sdf_export_is_the_zero_level_set():
     assert np.linalg.norm(gltf_to_world(np.asarray(cut.vertices)), axis=1).max() < 0.3 + 2e-3
 
 
-def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
+def coarse_sphere(colour_logits):
+    """(cfg, coarse scene): a 32^3 grid field whose density crosses surface.init_level 2.0 at r = 0.4, with albedo
+    logits colour_logits(x, y, z, r) (3, 32, 32, 32) on its lattice; the hand-over cuts it there (no blur)."""
     from dreamfield.scene.scene import make_scene
-    from dreamfield.surface import hand_over
 
     cfg = load_config([], ["field.grid_resolution=32", "surface.resolution=40", "surface.init_blur=0",
                            "surface.init_level=2.0"])
@@ -159,7 +160,14 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
     with torch.no_grad():  # raw density whose exp crosses 2.0 at r = 0.4 (bias -4, blob 5 exp(-r^2 / 0.5))
         target = torch.log(torch.tensor(2.0)) - (-4.0 + 5.0 * torch.exp(-r * r / 0.5)) + 20.0 * (0.4 - r)
         coarse.field.density_grid.copy_(target[None, None])
-        coarse.field.color_grid.copy_(torch.stack([x, y, z])[None])
+        coarse.field.color_grid.copy_(colour_logits(x, y, z, r)[None])
+    return cfg, coarse
+
+
+def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
+    from dreamfield.surface import hand_over
+
+    cfg, coarse = coarse_sphere(lambda x, y, z, r: torch.stack([x, y, z]))
     scene = hand_over(cfg, coarse, "cpu")
     u = torch.nn.functional.normalize(torch.randn(300, 3), dim=-1)
     assert scene.field.sdf(0.4 * u).abs().max().item() < 2.0 / 39 + 0.01  # a voxel, plus the coarse grid's lerp
@@ -175,20 +183,10 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
 
 def test_hand_over_with_init_colour_depth_takes_the_colour_along_the_normal():
     from dreamfield.export.albedo import surface_albedo
-    from dreamfield.scene.scene import make_scene
     from dreamfield.surface import INIT_COLOUR_BAND, hand_over
 
-    cfg = load_config([], ["field.grid_resolution=32", "surface.resolution=40", "surface.init_blur=0",
-                           "surface.init_level=2.0"])
-    coarse = make_scene(cfg, "cpu")
-    axis = torch.linspace(-1, 1, 32)
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    r = (x * x + y * y + z * z).sqrt()
-    with torch.no_grad():  # the sphere of radius 0.4 as above, red inside r = 0.42, a white halo outside
-        target = torch.log(torch.tensor(2.0)) - (-4.0 + 5.0 * torch.exp(-r * r / 0.5)) + 20.0 * (0.4 - r)
-        coarse.field.density_grid.copy_(target[None, None])
-        red = torch.tensor([2.0, -2.0, -2.0]).view(3, 1, 1, 1)
-        coarse.field.color_grid.copy_(torch.where(r < 0.42, red, torch.tensor(4.0))[None])
+    red = torch.tensor([2.0, -2.0, -2.0]).view(3, 1, 1, 1)  # the sphere red inside r = 0.42, a white halo outside
+    cfg, coarse = coarse_sphere(lambda x, y, z, r: torch.where(r < 0.42, red, torch.tensor(4.0)))
     plain = hand_over(cfg, coarse, "cpu")
     deep = hand_over(dataclasses.replace(cfg, surface=dataclasses.replace(cfg.surface, init_colour_depth=0.1)),
                      coarse, "cpu")
