@@ -148,11 +148,12 @@ class LossConfig:
     preserve: float = 0.0  # edit only: photometric loss to the source renders
     # generate's density stage only: coverage * (mean opacity - coverage_scale * A / frame area)^2, A the object's
     # projected area in coverage_samples of the prior's own samples (coverage_steps DDIM steps each) at guidance
-    # scale coverage_guidance (dreamfield.distill.coverage)
-    coverage: float = 0.0
-    coverage_scale: float = 1.0
-    coverage_samples: int = 16
-    coverage_steps: int = 30
+    # scale coverage_guidance (dreamfield.distill.coverage); on by default since issue 17 (docs/RESULTS.md, "A size
+    # anchor from the prior's samples"); 0 turns it off, as it must be with render.background=mlp
+    coverage: float = 2000.0
+    coverage_scale: float = 0.8
+    coverage_samples: int = 64
+    coverage_steps: int = 10
     coverage_guidance: float = 1.0
 
 
@@ -377,9 +378,11 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
 
 # Settings whose default changed after runs were saved without them: a run's config.yaml holds its whole config,
 # so a key it lacks did not exist when the run was made, and the run ran as the value here, not as today's
-# default. load_saved_config fills them in (an old edit was DDS throughout; an old run had one stage).
+# default. load_saved_config fills them in (an old edit was DDS throughout; an old run had one stage and no size
+# anchor).
 BEFORE_THE_KEY = {
     "edit.source_weight": "1.0",
+    "loss.coverage": "0",
     "surface.enabled": "false",
 }
 

@@ -173,13 +173,21 @@ def test_generate_records_the_area_once_and_a_resume_reads_it(tiny_sd_path, tmp_
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the anchor changed the trajectory
 
 
-def test_the_anchor_is_off_by_default(tiny_sd_path, tmp_path):
+def test_the_anchor_is_on_by_default_and_off_in_the_one_stage_and_sd_configs(tiny_sd_path, tmp_path):
     from dreamfield.cli import main
 
     run = tmp_path / "run"
-    assert main(["generate", "a blue sphere", "--model", str(tiny_sd_path), "--out", str(run), *_without_anchor(FAST)]) == 0
-    assert "coverage_area" not in json.loads((run / "prompt.json").read_text())
-    assert "coverage" not in json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert main(["generate", "a blue sphere", "--model", str(tiny_sd_path), "--out", str(run), *_without_anchor(FAST),
+                 "--set", "loss.coverage_samples=2"]) == 0
+    assert json.loads((run / "prompt.json").read_text())["coverage_area"] > 0
+    assert all(json.loads(line)["coverage"] >= 0 for line in (run / "metrics.jsonl").read_text().splitlines())
+    for name in ("one_stage", "sd21"):  # the one-stage baseline as it was measured; SD 2.1 learns its background
+        assert load_config([f"configs/{name}.yaml"]).loss.coverage == 0.0
+    off = tmp_path / "off"
+    assert main(["generate", "a blue sphere", "--model", str(tiny_sd_path), "--out", str(off), *_without_anchor(FAST),
+                 "--config", "configs/one_stage.yaml"]) == 0
+    assert "coverage_area" not in json.loads((off / "prompt.json").read_text())
+    assert "coverage" not in json.loads((off / "metrics.jsonl").read_text().splitlines()[0])
 
 
 def test_prior_area_script_scores_a_sphere_at_its_closed_form_area(tmp_path):
