@@ -159,7 +159,7 @@ def run_surface_stage(cfg: Config, run: RunFolder, prior, prompt: str, coarse: O
         t0 = time.perf_counter()
         scene = hand_over(cfg, coarse, device, say)
         say(f"surface stage: {cfg.surface.resolution}^3 SDF from the coarse level set in {time.perf_counter() - t0:.1f} s")
-    objective = EikonalObjective(make_objective(stage, prior, prompt), scene.field, cfg.surface.eikonal, cfg)
+    objective = EikonalObjective(make_objective(stage, prior, prompt), scene.field, cfg)
     return optimize(stage, folder, objective, device, scene=scene, resume=resume_here, progress=progress)
 
 

@@ -161,15 +161,16 @@ class EikonalObjective:
     renders before it calls the objective, and checkpoints after, so a checkpoint after ``done`` steps and
     the ceiling the next render uses agree (hand_over sets the first, load_surface_scene a resumed one)."""
 
-    def __init__(self, inner, field: SdfGridField, weight: float, cfg: Config) -> None:
-        self.inner, self.field, self.weight, self.cfg = inner, field, weight, cfg
+    def __init__(self, inner, field: SdfGridField, cfg: Config) -> None:
+        self.inner, self.field, self.cfg = inner, field, cfg
 
     def __call__(self, step: int, out, view: View, generator: torch.Generator) -> Term:
         term = self.inner(step, out, view, generator)
         self.field.beta_cap = beta_cap_at(self.cfg, step + 1)  # the render that used the old one is done
-        if self.weight <= 0:
+        weight = self.cfg.surface.eikonal
+        if weight <= 0:
             return term
-        eik = ("eikonal", self.weight * self.field.eikonal())
+        eik = ("eikonal", weight * self.field.eikonal())
         return dataclasses.replace(term, extra=(*term.extra, eik))
 
 

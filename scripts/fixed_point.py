@@ -134,7 +134,7 @@ def run_pair(cfg: Config, prior, stage: str, shape: str, colour: str, keep: Path
         folder.create(run_cfg, {"command": "generate", "prompt": prompt, "stage": stage})
         objective = make_objective(run_cfg, prior, prompt)
         if stage == "surface":
-            objective = EikonalObjective(objective, scene.field, cfg.surface.eikonal, cfg)
+            objective = EikonalObjective(objective, scene.field, cfg)
         scene = optimize(run_cfg, folder, objective, torch.device("cpu"), scene=scene, progress=False)
     after = score(cfg, scene, stage, shape, colour)
     true_volume = float(primitive_occupancy(shape).sum() * (2.0 / 64) ** 3)
