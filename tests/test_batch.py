@@ -201,18 +201,25 @@ def test_the_gallery_in_headless_chromium(three):
 # ---------------------------------------------------------------------------------------------- a killed run, Ctrl-C
 
 
+def generate_pids(run: Path) -> list[int]:
+    """The pids of the `generate` processes writing ``run`` now."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"generate" in argv and str(run).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
 def generate_pid(run: Path, timeout: float = 240.0) -> int:
     """The pid of the `generate` process writing ``run``, once its first checkpoint exists."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (run / "checkpoints" / "last.pt").is_file():
-            for proc in Path("/proc").iterdir():
-                try:
-                    argv = (proc / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if b"generate" in argv and str(run).encode() in argv:
-                    return int(proc.name)
+        if (run / "checkpoints" / "last.pt").is_file() and (pids := generate_pids(run)):
+            return pids[0]
         time.sleep(0.2)
     raise AssertionError(f"no generate process with a checkpoint in {run}")
 
@@ -253,12 +260,23 @@ def test_ctrl_c_checkpoints_the_runs_and_exits_130(tiny_sd_path, tmp_path):
     cmd = [sys.executable, "-m", "dreamfield", "batch", str(prompts), "--out", str(out), "--model", str(tiny_sd_path),
            "--quiet", "--jobs", "1"] + FAST + ["--steps", "2000", "--set", "run.checkpoint_every=1",
                                               "--set", "run.preview_every=0"]
-    driver = subprocess.Popen(cmd, env=_subprocess_env(), stderr=subprocess.PIPE, text=True)
-    pid = generate_pid(run)
-    driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=120)
-    assert driver.returncode == 130, err
-    assert not Path(f"/proc/{pid}").exists()
+    # its own session: a failed wait below kills the batch's whole group
+    driver = subprocess.Popen(cmd, env=_subprocess_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pid = generate_pid(run)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+        assert driver.returncode == 130, err
+        assert not Path(f"/proc/{pid}").exists()  # checked before the clean-up below could kill it
+    finally:  # a failed wait leaves nothing running: the batch's group, and each run's (its own session)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        for left in generate_pids(run):
+            try:
+                os.killpg(left, signal.SIGKILL)
+            except ProcessLookupError:  # gone meanwhile, or not its group's leader
+                os.kill(left, signal.SIGKILL)
     # generate got SIGINT and stopped on its own after checkpointing the step it was at, not a kill
     log = (out / "a-red-torus.log").read_text()
     m = re.search(r"dreamfield: interrupted \(SIGINT: stopped after step (\d+)", log)
