@@ -421,13 +421,19 @@ RETIRED_KEYS = {
 
 def _drop_retired(loaded: Any, path: Path) -> None:
     """Remove RETIRED_KEYS from a loaded YAML mapping (in place); a coarse_to_fine section that was
-    enabled did change its run, so it is refused rather than dropped. render.chunk (rays per chunk) becomes
-    render.chunk_samples with the same rays per chunk."""
+    enabled, or a surface.albedo_smooth above 0 (a reverted term, commit 4f4c06e), did change its run, so it
+    is refused rather than dropped. render.chunk (rays per chunk) becomes render.chunk_samples with the same
+    rays per chunk."""
     if not isinstance(loaded, DictConfig):
         return
     c2f = loaded.get("coarse_to_fine")
     if isinstance(c2f, DictConfig) and c2f.get("enabled", False):
         raise ConfigError(f"{path}: coarse_to_fine was removed; set render.resolution instead")
+    surface = loaded.get("surface")
+    if isinstance(surface, DictConfig) and "albedo_smooth" in surface:
+        if float(surface.pop("albedo_smooth") or 0) > 0:
+            raise ConfigError(f"{path}: surface.albedo_smooth was removed; a run made with it cannot be resumed "
+                              "or exported the same way")
     render = loaded.get("render")
     if isinstance(render, DictConfig) and "chunk" in render:  # rays per chunk, before chunk_samples
         render["chunk_samples"] = int(render.pop("chunk")) * int(render.get("n_samples", RenderConfig.n_samples))

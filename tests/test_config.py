@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamfield.config import Config, ConfigError, load_config, save_config, to_yaml
+from dreamfield.config import Config, ConfigError, load_config, load_saved_config, save_config, to_yaml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -95,6 +95,20 @@ def test_a_saved_run_with_rays_per_chunk_keeps_its_chunks(tmp_path):
     assert cfg.render.chunk_samples == 65536 * 64 and cfg.render.chunk_samples // cfg.render.n_samples == 65536
     with pytest.raises(ConfigError, match="render.chunk"):
         load_config([], ["render.chunk=100"])  # given now, the old key is unknown like any other
+
+
+def test_a_saved_run_with_the_reverted_albedo_smooth_loads_only_when_it_was_off(tmp_path):
+    # runs saved while surface.albedo_smooth existed (c9dd8dc-4f4c06e) wrote it into config.yaml, 0.0 by default
+    off = tmp_path / "off.yaml"
+    off.write_text("surface:\n  albedo_smooth: 0.0\n  lr_color: 0.03\n")
+    assert load_saved_config(off).surface.lr_color == 0.03
+    on = tmp_path / "on.yaml"
+    on.write_text("surface:\n  albedo_smooth: 1.0\n")
+    with pytest.raises(ConfigError) as info:  # it changed that run: refused, in one line
+        load_saved_config(on)
+    assert "surface.albedo_smooth was removed" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="surface.albedo_smooth"):
+        load_config([], ["surface.albedo_smooth=0"])  # given now, an unknown key like any other
 
 
 def test_a_saved_run_without_a_later_key_keeps_the_old_behaviour(tmp_path):
