@@ -207,7 +207,8 @@ class SurfaceConfig:
     # composited along the surface's inward normal from +depth to -depth (world units; export.colour_depth's
     # measure, dreamfield.export.albedo), instead of the coarse albedo at the voxel (0): the coarse field's soft
     # halo, whose albedo tends to the white background, sits at the hand-over surface and pales its colour
-    init_colour_depth: float = 0.0
+    # (docs/RESULTS.md, "Where the colour error sits: the underside")
+    init_colour_depth: float = 0.06
     # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1)). Adam moves every voxel by about
     # the rate each step whatever the gradient's size, so SDS's noise roughens and inflates the surface at
     # faster rates; at this one the stage keeps the coarse shape and mostly sharpens it and fixes its colour
@@ -378,12 +379,13 @@ def load_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ())
 
 # Settings whose default changed after runs were saved without them: a run's config.yaml holds its whole config,
 # so a key it lacks did not exist when the run was made, and the run ran as the value here, not as today's
-# default. load_saved_config fills them in (an old edit was DDS throughout; an old run had one stage and no size
-# anchor).
+# default. load_saved_config fills them in (an old edit was DDS throughout; an old run had one stage, no size
+# anchor, and a surface stage started from the coarse albedo at each voxel).
 BEFORE_THE_KEY = {
     "edit.source_weight": "1.0",
     "loss.coverage": "0",
     "surface.enabled": "false",
+    "surface.init_colour_depth": "0",
 }
 
 

@@ -232,10 +232,12 @@ def test_a_killed_run_resumes_on_rerun(ray_local, tiny_sd_path, tmp_path):
     argv = [str(prompts), "--out", str(out), "--model", str(tiny_sd_path), "--quiet", "--threads-per-run", "1"] + FAST + [
         "--steps", "120", "--set", "run.checkpoint_every=1", "--set", "run.preview_every=0", "--set", "run.log_every=1"]
     result = []
-    driver = threading.Thread(target=lambda: result.append(main(["batch", *argv])))
+    # a daemon: a batch that hangs fails the test below instead of keeping pytest from exiting
+    driver = threading.Thread(target=lambda: result.append(main(["batch", *argv])), daemon=True)
     driver.start()
     os.kill(generate_pid(run), signal.SIGKILL)
-    driver.join(120)
+    driver.join(300)
+    assert not driver.is_alive(), "the batch did not return within 300 s of its run's SIGKILL"
     assert result == [1]
     assert rows_of(out)["a-purple-pyramid"]["error"] == "killed by SIGKILL"
     stopped_at = int(__import__("torch").load(run / "checkpoints" / "last.pt", weights_only=True)["step"])

@@ -124,8 +124,9 @@ def test_a_saved_run_without_a_later_key_keeps_the_old_behaviour(tmp_path):
     assert cfg.edit.source_weight == float(BEFORE_THE_KEY["edit.source_weight"]) == 1.0  # DDS, as it ran
     assert cfg.surface.enabled is False  # one stage, as it ran
     assert cfg.loss.coverage == 0.0  # no size anchor, as it ran
+    assert cfg.surface.init_colour_depth == 0.0  # the coarse albedo at each voxel, as it ran
     assert load_config([old]).surface.enabled is True  # a config file that is not a saved run takes the defaults
-    assert load_config([old]).loss.coverage > 0
+    assert load_config([old]).loss.coverage > 0 and load_config([old]).surface.init_colour_depth > 0
     assert load_saved_config(old, (), ["edit.source_weight=0"]).edit.source_weight == 0.0  # --set still wins
     with pytest.raises(ConfigError, match="config file not found"):
         load_saved_config(tmp_path / "missing.yaml")

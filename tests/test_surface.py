@@ -187,9 +187,8 @@ def test_hand_over_with_init_colour_depth_takes_the_colour_along_the_normal():
 
     red = torch.tensor([2.0, -2.0, -2.0]).view(3, 1, 1, 1)  # the sphere red inside r = 0.42, a white halo outside
     cfg, coarse = coarse_sphere(lambda x, y, z, r: torch.where(r < 0.42, red, torch.tensor(4.0)))
-    plain = hand_over(cfg, coarse, "cpu")
-    deep = hand_over(dataclasses.replace(cfg, surface=dataclasses.replace(cfg.surface, init_colour_depth=0.1)),
-                     coarse, "cpu")
+    plain, deep = (hand_over(dataclasses.replace(cfg, surface=dataclasses.replace(cfg.surface, init_colour_depth=d)),
+                             coarse, "cpu") for d in (0.0, 0.1))
     assert torch.equal(plain.field.sdf_grid, deep.field.sdf_grid)  # the geometry is the same
     u = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
     on = 0.4 * u
