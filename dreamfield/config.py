@@ -207,7 +207,8 @@ class SurfaceConfig:
     # composited along the surface's inward normal from +depth to -depth (world units; export.colour_depth's
     # measure, dreamfield.export.albedo), instead of the coarse albedo at the voxel (0): the coarse field's soft
     # halo, whose albedo tends to the white background, sits at the hand-over surface and pales its colour
-    # (docs/RESULTS.md, "Where the colour error sits: the underside")
+    # (docs/RESULTS.md, "Where the colour error sits: the underside"; held out: "`surface.init_colour_depth` 0.06
+    # on the held-out seeds")
     init_colour_depth: float = 0.06
     # world units per Adam step, roughly (a voxel is 2 bound / (resolution - 1)). Adam moves every voxel by about
     # the rate each step whatever the gradient's size, so SDS's noise roughens and inflates the surface at
