@@ -181,6 +181,59 @@ def test_hand_over_puts_the_surface_at_the_coarse_level_set_and_copies_albedo():
     assert (d_smooth - d_plain).mean().item() == pytest.approx(0.06**2 / 0.4, abs=0.004)
 
 
+def blurred_ball_radius(rho: float, r: float, sigma: float, level: float) -> float:
+    """Where a ball of density rho (radius r, zero outside) blurred by a 3-D Gaussian of std sigma falls to level:
+    rho P(|c + sigma Z| < r) = level at |c| = s, with P(s) = Phi((r - s) / sigma) - Phi((-r - s) / sigma)
+    - (sigma / s) (phi((r - s) / sigma) - phi((r + s) / sigma)), the integral of the Gaussian over the ball."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def p(s):
+        a, b = (r - s) / sigma, (r + s) / sigma
+        return norm.cdf(a) - norm.cdf(-b) - sigma / s * (norm.pdf(a) - norm.pdf(b))
+
+    return brentq(lambda s: rho * p(s) - level, 0.5 * r, r + 6 * sigma)
+
+
+def test_hand_over_blur_grows_a_sharp_ball_as_the_blurred_indicator_closed_form():
+    # A sharp coarse field (density 50 inside r = 0.4, 0.01 outside, as a well-fitted anchored run's) handed over
+    # at surface.init_level 2.6: its blurred level set lies outside the solid by about sigma Phi^-1(1 - 2.6 / 50)
+    # (1.6 sigma: 0.10 at a 0.06 blur, 0.05 at 0.03), the starting surface the stage keeps
+    from dreamfield.scene.scene import make_scene
+    from dreamfield.surface import hand_over
+
+    res, r0, rho = 96, 0.4, 50.0
+    h = 2.0 / (res - 1)
+    u = torch.nn.functional.normalize(torch.randn(400, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    t = torch.linspace(0.3, 0.65, 351)  # 0.001 apart along each direction
+    grown = {}
+    for sigma in (0.03, 0.06):
+        cfg = load_config([], [f"field.grid_resolution={res}", f"surface.resolution={res}", "surface.init_level=2.6",
+                               f"surface.init_blur={sigma}", "surface.init_colour_depth=0"])
+        coarse = make_scene(cfg, "cpu")
+        axis = torch.linspace(-1, 1, res)
+        z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+        pts = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+        inside = (pts.norm(dim=-1) < r0).reshape(res, res, res)
+        pre = torch.where(inside, torch.tensor(rho).log(), torch.tensor(0.01).log())
+        with torch.no_grad():  # the field adds density_bias and the blob to its grid: take them out again
+            blob = coarse.field._blob(pts).reshape(res, res, res)
+            coarse.field.density_grid.copy_((pre - cfg.field.density_bias - blob)[None, None])
+        sigma_nodes, _ = coarse.field(pts)
+        near = pts.norm(dim=-1) < 0.8  # inside the field's bounding sphere, which zeroes the density beyond it
+        assert torch.allclose(sigma_nodes[near], pre.reshape(-1)[near].exp(), rtol=1e-4)  # the ball at the nodes
+        scene = hand_over(cfg, coarse, "cpu", say=lambda m: None)
+        with torch.no_grad():
+            d = scene.field.sdf((t[:, None, None] * u[None]).reshape(-1, 3)).reshape(len(t), len(u))
+        first_out = (d > 0).float().argmax(dim=0)  # the start's zero crossing along each direction
+        radius = t[first_out].mean().item()
+        # the node-sampled ball is a staircase of radius r0 on average; the voxel mask loses sub-voxel position
+        assert radius == pytest.approx(blurred_ball_radius(rho, r0, sigma, 2.6), abs=0.15 * h), sigma
+        grown[sigma] = radius - r0
+    assert grown[0.06] > grown[0.03] + 1.5 * h  # each 0.03 of blur grows the start by 1.4-1.6 sigma
+    assert grown[0.03] > 1.2 * h  # even the smaller blur starts the stage a voxel outside a sharp solid
+
+
 def test_hand_over_with_init_colour_depth_takes_the_colour_along_the_normal():
     from dreamfield.export.albedo import surface_albedo
     from dreamfield.surface import INIT_COLOUR_BAND, hand_over
