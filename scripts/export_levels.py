@@ -13,6 +13,9 @@ prompted one), without building meshes, so dozens of rules cost seconds per run.
 default; the reported ones come from real exports (``scripts/eval_toy.py 3d``).
 
     python scripts/export_levels.py outputs/val_s1/a-*/ --levels 2 2.6 --fractions 0.5 0.6 --json levels.json
+
+With ``--coarse`` a two-stage run is read at its density stage: each rule is then a hand-over start
+(``surface.init_blur``, ``surface.init_level``), which the surface stage mostly keeps.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ LOG_FLOOR = 1e-4  # blurred(log=True): sigma below this counts as this (log sigm
 
 
 @torch.no_grad()
-def field_density(run: Path, res: int) -> torch.Tensor:
-    """The run's field density at the res^3 cell centres of [-1, 1]^3 (indexed [x, y, z])."""
-    cfg, scene, _ = load_run_scene(run, "cpu")
+def field_density(run: Path, res: int, final: bool = True) -> torch.Tensor:
+    """The run's field density at the res^3 cell centres of [-1, 1]^3 (indexed [x, y, z]); ``final=False``: a
+    two-stage run's density stage (what the surface stage's hand-over cuts at surface.init_level)."""
+    cfg, scene, _ = load_run_scene(run, "cpu", final=final)
     if cfg.field.bound != 1.0:
         raise SystemExit(f"{run}: field.bound {cfg.field.bound}; the toy measures' grid spans [-1, 1]")
     pts = grid_points(res).float()
@@ -66,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--blur", type=float, nargs="+", default=[0.06], help="one or more blurs (world units)")
     p.add_argument("--log", action="store_true", help="blur log sigma instead of sigma (see blurred())")
     p.add_argument("--res", type=int, default=64)
+    p.add_argument("--coarse", action="store_true",
+                   help="a two-stage run's density stage, the surface stage's starting shape (surface.init_*)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     rules = [(f"b{b:g} level {v:g}", b, "level", v) for b in a.blur for v in a.levels] + [
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
         if pair is None or not (run / "checkpoints" / "last.pt").is_file():
             print(f"skipped {run}: no toy prompt or no checkpoints/last.pt", flush=True)
             continue
-        sigma = field_density(run, a.res)
+        sigma = field_density(run, a.res, final=not a.coarse)
         grids = {b: blurred(sigma, b, a.log).numpy() for b in a.blur}
         row = {"run": str(run), "prompt": prompt, "shape": pair[1], "max": float(sigma.max()), "rules": {}}
         for name, b, kind, v in rules:
