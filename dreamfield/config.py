@@ -193,12 +193,15 @@ class SurfaceConfig:
     # scales both stages)
     steps: Optional[int] = None
     resolution: int = 64  # SDF and albedo voxels per side
-    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface:
-    # the one-stage export's (export.threshold 2.6 after export.density_blur 0.06), the shape the coarse stage is
-    # scored on. A lower level takes in the coarse field's soft rim, and the stage keeps that inflated start
-    # (0.5: cones, tori and pyramids 1.5-1.7x the primitive's area)
+    # hand-over: the coarse density grid, blurred (world units) and cut at this level, is the starting surface
+    # (the one-stage export cuts at the same level, export.threshold 2.6). A lower level takes in the coarse
+    # field's soft rim, and the stage keeps that inflated start (0.5: cones, tori and pyramids 1.5-1.7x the
+    # primitive's area). The blur grows a sharp solid's level set by about 1.6 blur at this level (the blurred
+    # indicator's closed form, tests/test_surface.py): the one-stage export's 0.06 made up for undersized coarse
+    # fields, but the size anchor's are full-sized, and 0.06 started the stage that much too large (docs/RESULTS.md,
+    # "A sharper hand-over")
     init_level: float = 2.6
-    init_blur: float = 0.06
+    init_blur: float = 0.03
     # a Gaussian blur (sigma, world units) of the starting signed distance: the level set of a grainy coarse
     # field is bumpy at its voxel scale. Blurring an SDF moves a surface of mean curvature H by about sigma^2 H
     # (the heat equation's first term). Off: SDS regrows the bumps within the stage, and it cost IoU
