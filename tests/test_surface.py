@@ -198,31 +198,30 @@ def blurred_ball_radius(rho: float, r: float, sigma: float, level: float) -> flo
 def test_hand_over_blur_grows_a_sharp_ball_as_the_blurred_indicator_closed_form():
     # A sharp coarse field (density 50 inside r = 0.4, 0.01 outside, as a well-fitted anchored run's) handed over
     # at surface.init_level 2.6: its blurred level set lies outside the solid by about sigma Phi^-1(1 - 2.6 / 50)
-    # (1.6 sigma: 0.10 at a 0.06 blur, 0.05 at 0.03), the starting surface the stage keeps
+    # (1.6 sigma on a plane; on this ball 0.09 at a 0.06 blur, 0.05 at 0.03), the starting surface the stage keeps
+    from dreamfield.scene.field import blob
     from dreamfield.scene.scene import make_scene
-    from dreamfield.surface import hand_over
+    from dreamfield.surface import hand_over, lattice_points
 
     res, r0, rho = 96, 0.4, 50.0
     h = 2.0 / (res - 1)
     u = torch.nn.functional.normalize(torch.randn(400, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
     t = torch.linspace(0.3, 0.65, 351)  # 0.001 apart along each direction
+    cfg = load_config([], [f"field.grid_resolution={res}", f"surface.resolution={res}", "surface.init_level=2.6",
+                           "surface.init_colour_depth=0"])
+    coarse = make_scene(cfg, "cpu")
+    pts = lattice_points(res, 1.0).reshape(-1, 3)  # the grid field's nodes, in its (z, y, x) layout
+    pre = torch.where(pts.norm(dim=-1) < r0, torch.tensor(rho).log(), torch.tensor(0.01).log())
+    with torch.no_grad():  # the field adds density_bias and the blob to its grid: take them out again
+        raw = pre - cfg.field.density_bias - blob(cfg.field, pts)[0]
+        coarse.field.density_grid.copy_(raw.reshape(1, 1, res, res, res))
+    sigma_nodes, _ = coarse.field(pts)
+    near = pts.norm(dim=-1) < 0.8  # inside the field's bounding sphere, which zeroes the density beyond it
+    assert torch.allclose(sigma_nodes[near], pre[near].exp(), rtol=1e-4)  # the ball at the nodes
     grown = {}
     for sigma in (0.03, 0.06):
-        cfg = load_config([], [f"field.grid_resolution={res}", f"surface.resolution={res}", "surface.init_level=2.6",
-                               f"surface.init_blur={sigma}", "surface.init_colour_depth=0"])
-        coarse = make_scene(cfg, "cpu")
-        axis = torch.linspace(-1, 1, res)
-        z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-        pts = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
-        inside = (pts.norm(dim=-1) < r0).reshape(res, res, res)
-        pre = torch.where(inside, torch.tensor(rho).log(), torch.tensor(0.01).log())
-        with torch.no_grad():  # the field adds density_bias and the blob to its grid: take them out again
-            blob = coarse.field._blob(pts).reshape(res, res, res)
-            coarse.field.density_grid.copy_((pre - cfg.field.density_bias - blob)[None, None])
-        sigma_nodes, _ = coarse.field(pts)
-        near = pts.norm(dim=-1) < 0.8  # inside the field's bounding sphere, which zeroes the density beyond it
-        assert torch.allclose(sigma_nodes[near], pre.reshape(-1)[near].exp(), rtol=1e-4)  # the ball at the nodes
-        scene = hand_over(cfg, coarse, "cpu", say=lambda m: None)
+        blurred = dataclasses.replace(cfg, surface=dataclasses.replace(cfg.surface, init_blur=sigma))
+        scene = hand_over(blurred, coarse, "cpu", say=lambda m: None)
         with torch.no_grad():
             d = scene.field.sdf((t[:, None, None] * u[None]).reshape(-1, 3)).reshape(len(t), len(u))
         first_out = (d > 0).float().argmax(dim=0)  # the start's zero crossing along each direction
